@@ -1,0 +1,355 @@
+"""
+One frozen, validated configuration, merged from four sources.
+
+Every setting has one name in three spellings: the command line
+(C{--max-write-buffer}), the environment (C{MYSERVER_MAX_WRITE_BUFFER}) and
+the TOML file (C{max_write_buffer}).  Precedence, highest first: command
+line, environment, TOML file (C{--config PATH} or C{MYSERVER_CONFIG}),
+built-in defaults.  Whatever is wrong raises L{ConfigError} with a single
+line that names the setting, where its value came from, and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+ENV_PREFIX = "MYSERVER_"
+DEFAULT_ENDPOINT = "tcp:27015"
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = ("text", "json")
+
+
+class ConfigError(Exception):
+    """
+    A setting is missing, malformed or out of range.  The message is one line
+    fit to show an operator as C{myserver: error: MESSAGE}.
+    """
+
+
+@dataclass(frozen=True)
+class Listener:
+    """
+    One listening endpoint and what it serves.
+
+    @ivar endpoint: a Twisted server endpoint string, e.g. C{tcp:27015}.
+    @ivar protocol: the name of the L{IProtocolPlugin} served there.
+    @ivar options: the listener's own options for that plugin.
+    """
+
+    endpoint: str
+    protocol: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The effective configuration.  C{sources} maps each setting name to where
+    its value came from, for C{--check-config}.
+    """
+
+    listen: tuple[Listener, ...]
+    protocol: str = "echo"
+    max_write_buffer: int = 1024 * 1024
+    shutdown_timeout: float = 25.0
+    log_level: str = "info"
+    log_format: str = "text"
+    config: str | None = None
+    sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+_SIZE = re.compile(r"\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(|ms|s|m|h)\s*", re.IGNORECASE)
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+
+
+def parseSize(value: object) -> int:
+    """
+    A positive number of bytes: an integer, or a string such as C{65536},
+    C{64KiB}, C{1M} (units are binary: K = 1024).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)[:1].lower()]
+    else:
+        raise ValueError("expected a size in bytes such as 1048576, 64KiB or 1MiB")
+    if size <= 0:
+        raise ValueError("must be a positive size in bytes")
+    return size
+
+
+def parseDuration(value: object) -> float:
+    """
+    A non-negative number of seconds: a number, or a string such as C{25},
+    C{2.5s}, C{500ms}, C{5m}, C{1h}.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    else:
+        raise ValueError("expected seconds such as 25, 2.5s, 500ms or 5m")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("must be a non-negative number of seconds")
+    return seconds
+
+
+def _choice(choices: Sequence[str]) -> Callable[[object], str]:
+    def parseChoice(value: object) -> str:
+        if isinstance(value, str) and value.lower() in choices:
+            return value.lower()
+        raise ValueError(f"expected one of {', '.join(choices)}")
+
+    return parseChoice
+
+
+def parseName(value: object) -> str:
+    """
+    A protocol name: a non-empty string with no white space.
+    """
+    if isinstance(value, str) and value and not any(c.isspace() for c in value):
+        return value
+    raise ValueError("expected a protocol name")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    How one scalar setting is spelled, parsed and documented.
+    """
+
+    name: str
+    parse: Callable[[object], Any]
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("protocol", parseName, "Protocol served by listeners that name none."),
+    Setting(
+        "max_write_buffer",
+        parseSize,
+        "Per-connection bytes queued for sending above which the server stops "
+        "reading from that client until they drain.",
+    ),
+    Setting(
+        "shutdown_timeout",
+        parseDuration,
+        "Seconds open connections get to finish after SIGTERM/SIGINT.",
+    ),
+    Setting("log_level", _choice(LOG_LEVELS), "One of " + ", ".join(LOG_LEVELS)),
+    Setting("log_format", _choice(LOG_FORMATS), "text, or json: one object a line."),
+)
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+KNOWN_KEYS = frozenset(_BY_NAME) | {"listen"}
+
+
+def _oneLine(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _readFile(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read config file {path}: {e.strerror or e}"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"invalid TOML in {path}: {_oneLine(str(e))}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"invalid TOML in {path}: not UTF-8 ({e.reason})") from None
+
+
+def _listenerFromTable(table: Mapping[str, Any]) -> Listener:
+    unknown = set(table) - {"endpoint", "protocol", "options"}
+    if unknown:
+        raise ValueError(
+            f"unknown key {sorted(unknown)[0]!r} in a listen table "
+            "(expected endpoint, protocol, options)"
+        )
+    endpoint = table.get("endpoint")
+    if not isinstance(endpoint, str):
+        raise ValueError('a listen table needs endpoint = "ENDPOINT"')
+    protocol = table.get("protocol", "")
+    if protocol != "":
+        protocol = parseName(protocol)
+    options = table.get("options", {})
+    if not isinstance(options, Mapping):
+        raise ValueError("options in a listen table must be a table")
+    return Listener(endpoint, protocol, MappingProxyType(dict(options)))
+
+
+def _parseListen(value: object) -> list[Listener]:
+    """
+    Listeners from the command line (a list of strings), the environment (a
+    string of endpoints separated by white space) or TOML (a string, or an
+    array of strings and tables).  An empty protocol means "the default".
+    """
+    if isinstance(value, str):
+        items: list[object] = list(value.split())
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ValueError("expected endpoint strings or [[listen]] tables")
+    listeners = []
+    for item in items:
+        if isinstance(item, str):
+            listeners.append(Listener(item, ""))
+        elif isinstance(item, Mapping):
+            listeners.append(_listenerFromTable(item))
+        else:
+            raise ValueError("expected endpoint strings or [[listen]] tables")
+    if not listeners:
+        raise ValueError("at least one endpoint is needed")
+    return listeners
+
+
+def _checkEndpoint(endpoint: str) -> None:
+    """
+    Parse an endpoint string exactly as the server will, without listening.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(reactor, endpoint)
+    except Exception as e:
+        raise ValueError(f"{_oneLine(str(e)) or type(e).__name__}") from None
+
+
+def load(
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str],
+    protocols: Collection[str],
+) -> Config:
+    """
+    Merge and validate every source into one L{Config}.
+
+    @param cli: settings given on the command line, by setting name
+        (C{listen} is a list of endpoint strings); absent means not given.
+    @param environ: the process environment; only C{MYSERVER_*} is read.
+        Other C{MYSERVER_*} names are ignored, because platforms add their
+        own (Kubernetes defines C{MYSERVER_PORT} for a Service so named).
+    @param protocols: names of the protocol plugins available.
+    @raise ConfigError: on the first problem found.
+    """
+    path = cli.get("config") or environ.get(ENV_PREFIX + "CONFIG") or None
+    fileValues: dict[str, Any] = {}
+    if path is not None:
+        fileValues = _readFile(path)
+        unknown = sorted(set(fileValues) - KNOWN_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown setting {unknown[0]!r} in {path}")
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name in ("listen", *_BY_NAME):
+        flag = "--" + name.replace("_", "-")
+        env = ENV_PREFIX + name.upper()
+        if name in cli and cli[name] is not None:
+            raw, source = cli[name], flag
+        elif env in environ:
+            raw, source = environ[env], env
+        elif name in fileValues:
+            raw, source = fileValues[name], f"{path}: {name}"
+        else:
+            sources[name] = "default"
+            continue
+        try:
+            if name == "listen":
+                values[name] = _parseListen(raw)
+            else:
+                values[name] = _BY_NAME[name].parse(raw)
+        except ValueError as e:
+            raise ConfigError(
+                f"{source}: invalid value {_show(raw)}: {_oneLine(str(e))}"
+            ) from None
+        sources[name] = source
+
+    protocol = values.get("protocol", Config.protocol)
+    listeners = values.pop("listen", [Listener(DEFAULT_ENDPOINT, "")])
+    resolved = []
+    for listener in listeners:
+        name = listener.protocol or protocol
+        if name not in protocols:
+            available = ", ".join(sorted(protocols)) or "none"
+            raise ConfigError(
+                f"{sources['listen'] if listener.protocol else sources['protocol']}:"
+                f" unknown protocol {name!r} (available: {available})"
+            )
+        try:
+            _checkEndpoint(listener.endpoint)
+        except ValueError as e:
+            raise ConfigError(
+                f"{sources['listen']}: invalid endpoint {listener.endpoint!r}: {e}"
+            ) from None
+        resolved.append(Listener(listener.endpoint, name, listener.options))
+    sources["config"] = (
+        "--config" if cli.get("config") else "MYSERVER_CONFIG" if path else "default"
+    )
+    return Config(
+        listen=tuple(resolved),
+        config=path,
+        sources=MappingProxyType(sources),
+        **values,
+    )
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _toml(value: object) -> str:
+    """
+    Render a configuration value as TOML.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Mapping):
+        inner = ", ".join(f"{key} = {_toml(item)}" for key, item in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def render(config: Config) -> str:
+    """
+    The effective configuration as a TOML document that myserver accepts as
+    its C{--config} file, each setting annotated with its source.
+    """
+    listen = [
+        {"endpoint": listener.endpoint, "protocol": listener.protocol}
+        | ({"options": dict(listener.options)} if listener.options else {})
+        for listener in config.listen
+    ]
+    lines = [f"listen = {_toml(listen)}  # {config.sources.get('listen', 'default')}"]
+    for setting in SETTINGS:
+        value = getattr(config, setting.name)
+        source = config.sources.get(setting.name, "default")
+        lines.append(f"{setting.name} = {_toml(value)}  # {source}")
+    lines.append(f"# config file: {config.config or 'none'}")
+    return "\n".join(lines) + "\n"

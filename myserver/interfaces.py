@@ -1,0 +1,65 @@
+"""
+The contracts between myserver and the protocols it serves.
+
+A protocol plugin is a plain Twisted protocol plus a small descriptor object
+that provides L{IProtocolPlugin} (and L{twisted.plugin.IPlugin}, so that
+L{twisted.plugin.getPlugins} finds it in any C{twisted/plugins/} package on
+the path).  The server, not the plugin, applies every cross-cutting rule to
+the connections the plugin's factory serves: connection limits, timeouts,
+write-buffer backpressure, half-close safety, accounting and graceful drain.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IProtocolPlugin(Interface):
+    """
+    A named protocol that myserver can serve on a listener.
+
+    Plugins are found by name: C{--protocol NAME} on the command line,
+    C{MYSERVER_PROTOCOL=NAME} in the environment, C{protocol = "NAME"} in the
+    TOML file or in one of its C{[[listen]]} tables.
+    """
+
+    name = Attribute("Unique short name (str) by which operators select this protocol.")
+    description = Attribute("One line (str) describing the protocol.")
+
+    def buildFactory(options):  # type: ignore[no-untyped-def]
+        """
+        Build the protocol factory for one listener.
+
+        Called once per listener at start-up, never per connection.
+
+        @param options: The listener's own options: the C{[listen.options]}
+            table of its C{[[listen]]} entry in the TOML file, or an empty
+            mapping.  Read-only.
+        @type options: L{typing.Mapping} of L{str} to TOML values
+
+        @return: an L{twisted.internet.interfaces.IProtocolFactory} whose
+            protocols are plain Twisted protocols.  They may provide
+            L{twisted.internet.interfaces.IHalfCloseableProtocol}; if they do
+            not, the server finishes sending what they wrote and then closes
+            the connection when the peer shuts down its sending side.
+
+        @raise ValueError: if C{options} is not acceptable; the message is
+            shown to the operator as a configuration error.
+        """
+
+
+class IConnectionRegistry(Interface):
+    """
+    Knows every open connection of a server, for limits, accounting and the
+    graceful drain.  Called by the guarded transports, never by plugins.
+    """
+
+    def add(connection):  # type: ignore[no-untyped-def]
+        """
+        A connection was accepted.
+
+        @param connection: its guarded transport.
+        """
+
+    def remove(connection, reason):  # type: ignore[no-untyped-def]
+        """
+        A connection closed, for C{reason} (a L{twisted.python.failure.Failure}).
+        """

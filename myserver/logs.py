@@ -1,0 +1,97 @@
+"""
+Log observers: human-readable text, or one JSON object per line.
+
+twistd builds its log observer through its C{--logger} option, the dotted
+name of a function of no arguments.  myserver's options L{prepare} the
+observer and set that option to L{twistdObserver} (unless the operator chose
+a logger or syslog), so C{log_level} and C{log_format} apply to everything
+twistd, Twisted and myserver log.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    textFileLogObserver,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+# Keys of an event that Twisted's logging machinery adds; the rest are the
+# event's own structured fields.
+_LEGACY_KEYS = frozenset({"message", "time", "system", "isError", "format", "why"})
+
+
+@implementer(ILogObserver)
+class JSONLinesObserver:
+    """
+    Write each event as one JSON object on one line: C{time} (ISO 8601, UTC),
+    C{level}, C{namespace}, C{message}, then the event's own fields (C{peer},
+    C{bytes_in}, ...) where they are plain JSON values, and C{traceback} when
+    a failure is attached.  Parseable by C{jq}, one record per line.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level", LogLevel.info)
+        record: dict[str, Any] = {
+            "time": datetime.fromtimestamp(event.get("log_time") or 0.0, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": getattr(level, "name", str(level)),
+            "namespace": event.get("log_namespace", "-"),
+            "message": formatEvent(event),
+        }
+        for key, value in event.items():
+            if key.startswith("log_") or key in _LEGACY_KEYS or key in record:
+                continue
+            if value is None or isinstance(value, str | int | float | bool):
+                record[key] = value
+        failure = event.get("log_failure")
+        if isinstance(failure, Failure):
+            record["traceback"] = failure.getTraceback()
+        self._stream.write(json.dumps(record, default=str) + "\n")
+        self._stream.flush()
+
+
+def makeObserver(level: str, format: str, stream: IO[str] | None = None) -> Any:
+    """
+    Build the observer for the configured level and format.
+
+    @param stream: where to write; standard output when L{None}.
+    """
+    out = stream if stream is not None else sys.stdout
+    base = JSONLinesObserver(out) if format == "json" else textFileLogObserver(out)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    return FilteringLogObserver(base, [predicate])
+
+
+_prepared: list[Any] = []
+
+
+def prepare(level: str, format: str, stream: IO[str] | None) -> str:
+    """
+    Remember the observer that L{twistdObserver} will build.
+
+    @return: the dotted name to give twistd as its C{--logger}.
+    """
+    _prepared[:] = [level, format, stream]
+    return f"{__name__}.{twistdObserver.__name__}"
+
+
+def twistdObserver() -> Any:
+    """
+    The observer L{prepare}d for twistd.
+    """
+    return makeObserver(*_prepared)

@@ -1,0 +1,272 @@
+"""
+The running server: listening services, the connection registry, and the
+graceful drain.
+
+Stopping runs top down (twistd does it on SIGTERM and SIGINT): every
+listener stops accepting at once, the connections still open get up to
+C{shutdown_timeout} seconds to finish on their own (echo: a peer that
+half-closes still gets its whole echo), and whatever remains is aborted.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from myserver.config import Listener
+from myserver.guard import Guard, GuardedServer, GuardingReactor
+from myserver.interfaces import IConnectionRegistry
+
+log = Logger(namespace="myserver")
+
+
+class CannotListen(Exception):
+    """
+    A listener could not start; the message is one line for the operator.
+    """
+
+
+def describeAddress(address: Any) -> str:
+    """
+    A listening or peer address as an endpoint-like string:
+    C{tcp:127.0.0.1:27015}, C{tcp6:[::1]:27015}, C{unix:/run/x.sock}.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        if ":" in host:
+            return f"tcp6:[{host}]:{port}"
+        return f"tcp:{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return "unix:" + (name.decode() if isinstance(name, bytes) else str(name))
+    return str(address)
+
+
+@implementer(IConnectionRegistry)
+class ConnectionRegistry:
+    """
+    Every open guarded connection of the server.
+
+    @ivar connections: the open connections' transports.
+    @ivar logConnections: emit a debug event per connection; decided once,
+        from the configured log level, so that the default level costs the
+        accept path nothing.
+    """
+
+    def __init__(self, logConnections: bool = False) -> None:
+        self.connections: set[GuardedServer] = set()
+        self.logConnections = logConnections
+        self._whenEmpty: list[Deferred[None]] = []
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    def add(self, connection: GuardedServer) -> None:
+        self.connections.add(connection)
+        if self.logConnections:
+            log.debug(
+                "connection from {peer} opened",
+                peer=describeAddress(connection.getPeer()),
+            )
+
+    def remove(self, connection: GuardedServer, reason: Failure) -> None:
+        self.connections.discard(connection)
+        if self.logConnections:
+            log.debug(
+                "connection from {peer} closed after {duration:.3f}s: "
+                "{bytes_in} bytes in, {bytes_out} bytes out ({reason})",
+                peer=describeAddress(connection.getPeer()),
+                duration=connection.guard.clock.seconds() - connection.openedAt,
+                bytes_in=connection.bytesReceived,
+                bytes_out=connection.bytesSent,
+                reason=reason.getErrorMessage(),
+            )
+        if not self.connections and self._whenEmpty:
+            waiting, self._whenEmpty = self._whenEmpty, []
+            for d in waiting:
+                d.callback(None)
+
+    def whenEmpty(self) -> Deferred[None]:
+        """
+        @return: a Deferred that fires once no connection is open.
+        """
+        if not self.connections:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._whenEmpty.append(d)
+        return d
+
+    def abortAll(self) -> int:
+        """
+        Abort every open connection, dropping what is queued for it.
+
+        @return: how many were aborted.
+        """
+        open = list(self.connections)
+        for connection in open:
+            connection.abortConnection()
+        return len(open)
+
+
+class ListenerService(Service):
+    """
+    One listening endpoint serving one protocol factory through a L{Guard}.
+
+    Listening happens in C{privilegedStartService}, before twistd drops
+    privileges, so ports below 1024 work with C{--uid}.
+    """
+
+    port: IListeningPort | None = None
+
+    def __init__(
+        self,
+        listener: Listener,
+        factory: IProtocolFactory,
+        guard: Guard,
+        reactor: Any,
+    ) -> None:
+        self.listener = listener
+        self.factory = factory
+        self.guard = guard
+        self.reactor = reactor
+        self.name = listener.endpoint
+        self._failure: Failure | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.port is None and self._failure is None:
+            endpoint = serverFromString(
+                GuardingReactor(self.reactor, self.guard), self.listener.endpoint
+            )
+            endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
+        if self._failure is not None:
+            raise CannotListen(
+                f"cannot listen on {self.listener.endpoint}: "
+                f"{' '.join(self._failure.getErrorMessage().split())}"
+            )
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        log.info(
+            "{protocol} listening on {address} ({endpoint})",
+            protocol=self.listener.protocol,
+            address=describeAddress(port.getHost()),
+            endpoint=self.listener.endpoint,
+        )
+
+    def _failed(self, failure: Failure) -> None:
+        self._failure = failure
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is None:
+            return None
+        return port.stopListening()
+
+
+class ServerService(MultiService):
+    """
+    The whole server: its listeners, and the drain that stopping runs.
+
+    @ivar registry: every open connection.
+    @ivar draining: true from the moment stopping begins.
+    """
+
+    draining = False
+
+    def __init__(
+        self, registry: ConnectionRegistry, shutdownTimeout: float, clock: Any
+    ) -> None:
+        super().__init__()
+        self.registry = registry
+        self.shutdownTimeout = shutdownTimeout
+        self.clock = clock
+
+    def stopService(self) -> Deferred[None]:
+        self.draining = True
+        stopped: Deferred[object] = super().stopService()
+        return stopped.addCallback(lambda _: self._drain())
+
+    def _drain(self) -> Deferred[None]:
+        count = len(self.registry)
+        if not count:
+            return succeed(None)
+        log.info(
+            "draining {count} open connections for up to {timeout}s",
+            count=count,
+            timeout=self.shutdownTimeout,
+        )
+        drained = self.registry.whenEmpty()
+        deadline = self.clock.callLater(self.shutdownTimeout, self.abortAll)
+
+        def finished(result: None) -> None:
+            if deadline.active():
+                deadline.cancel()
+                log.info("all connections finished")
+
+        drained.addCallback(finished)
+        return drained
+
+    def abortAll(self) -> None:
+        """
+        End the drain now: abort every connection still open.
+        """
+        count = self.registry.abortAll()
+        if count:
+            log.warn(
+                "aborted {count} connections still open at the shutdown deadline",
+                count=count,
+            )
+
+
+class StopOnSignals(Service):
+    """
+    SIGTERM and SIGINT stop the reactor (and so drain the server) without
+    asking twistd to re-raise the signal at exit: the process ends with
+    status 0, as gunicorn, uvicorn and HAProxy do.  A second signal during
+    the drain aborts what is left at once.
+    """
+
+    def __init__(self, reactor: Any, server: ServerService) -> None:
+        self.reactor = reactor
+        self.server = server
+        self._received = 0
+
+    def startService(self) -> None:
+        super().startService()
+        # twistd starts services before the reactor runs, and the reactor
+        # installs its own handlers as it starts: replace them after that.
+        self.reactor.callWhenRunning(self._install)
+
+    def _install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._onSignal)
+
+    def _onSignal(self, signum: int, frame: FrameType | None) -> None:
+        # Only callFromThread is safe here; the work happens in the reactor.
+        self.reactor.callFromThread(self._handle, signal.Signals(signum).name)
+
+    def _handle(self, name: str) -> None:
+        self._received += 1
+        if self._received == 1:
+            log.info("received {signal}: stopping", signal=name)
+            self.reactor.stop()
+        else:
+            log.warn("received {signal} again: ending the drain now", signal=name)
+            self.server.abortAll()

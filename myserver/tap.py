@@ -1,0 +1,169 @@
+"""
+C{twistd myserver}: command-line options and the service they describe.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from myserver.config import SETTINGS, Config, ConfigError, load, render
+
+
+def _fail(message: str, status: int = 2) -> NoReturn:
+    """
+    Print C{myserver: error: MESSAGE} as one line on the real standard error
+    (twistd may already have redirected C{sys.stderr} into the log) and exit.
+    """
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"myserver: error: {' '.join(message.split())}\n")
+    stream.flush()
+    raise SystemExit(status)
+
+
+class Options(usage.Options):
+    """
+    myserver's options.  Each setting is also read from C{MYSERVER_*}
+    environment variables and from the TOML file named by C{--config}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve a protocol (echo by default) on one or more Twisted endpoints "
+        "(tcp:27015 by default).  Settings come from these options, then "
+        "MYSERVER_* environment variables, then the --config TOML file."
+    )
+    optFlags = [
+        ["check-config", None, "Print the effective configuration and exit."],
+        ["list-protocols", None, "List the protocols available and exit."],
+    ]
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (or MYSERVER_CONFIG)."],
+        *[[s.flag[2:], None, None, s.help] for s in SETTINGS],
+    ]
+
+    config: Config
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        Endpoint to listen on (repeatable), e.g. tcp:27015,
+        tcp6:27015:interface=\\:\\:1, unix:/run/myserver.sock.
+        """
+        self["listen"].append(endpoint)
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            _fail(str(e))
+
+    def postOptions(self) -> None:
+        from myserver.plugins import discover
+
+        discovery = discover()
+        if self["list-protocols"]:
+            for name in sorted(discovery.protocols):
+                print(f"{name:<16} {discovery.protocols[name].description}")
+            raise SystemExit(0)
+        cli = {s.name: self[s.flag[2:]] for s in SETTINGS}
+        cli["config"] = self["config"]
+        cli["listen"] = self["listen"] or None
+        try:
+            self.config = load(cli, os.environ, discovery.protocols)
+            self.factories = [
+                _buildFactory(discovery.protocols[listener.protocol], listener)
+                for listener in self.config.listen
+            ]
+        except ConfigError as e:
+            _fail(str(e))
+        if self["check-config"]:
+            sys.stdout.write(render(self.config))
+            raise SystemExit(0)
+        self._chooseLogger()
+
+    def _chooseLogger(self) -> None:
+        """
+        Have twistd log through myserver's observer, unless the operator
+        asked twistd for a logger of their own or for syslog.
+        """
+        twistd = getattr(self, "parent", None)
+        if twistd is None or twistd.get("logger") or twistd.get("syslog"):
+            return
+        from myserver.logs import prepare
+
+        logfile = twistd.get("logfile") or ("-" if twistd.get("nodaemon") else "")
+        if logfile in ("-", ""):
+            stream = None if logfile == "-" else _openLog("twistd.log")
+        else:
+            stream = _openLog(logfile)
+        twistd["logger"] = prepare(
+            self.config.log_level, self.config.log_format, stream
+        )
+
+
+def _openLog(path: str) -> Any:
+    from twisted.python.logfile import LogFile
+
+    return LogFile.fromFullPath(path, rotateLength=None)
+
+
+def _buildFactory(plugin: Any, listener: Any) -> Any:
+    try:
+        return plugin.buildFactory(listener.options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"listener {listener.endpoint} ({listener.protocol}): {e}"
+        ) from None
+
+
+class _Root(MultiService):
+    """
+    The top service under twistd: a listener that cannot start ends the
+    process with one line on standard error and status 1.
+    """
+
+    def privilegedStartService(self) -> None:
+        from myserver.service import CannotListen
+
+        try:
+            super().privilegedStartService()
+        except CannotListen as e:
+            _fail(str(e), 1)
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the server described by C{options}: one guarded listener per
+    configured endpoint, drained gracefully on SIGTERM and SIGINT.
+    """
+    from twisted.internet import reactor
+
+    from myserver.guard import Guard
+    from myserver.service import (
+        ConnectionRegistry,
+        ListenerService,
+        ServerService,
+        StopOnSignals,
+    )
+
+    config = options.config
+    registry = ConnectionRegistry(logConnections=config.log_level == "debug")
+    server = ServerService(registry, config.shutdown_timeout, reactor)
+    guard = Guard(config.max_write_buffer, registry, reactor)
+    for listener, factory in zip(config.listen, options.factories, strict=True):
+        ListenerService(listener, factory, guard, reactor).setServiceParent(server)
+
+    root = _Root()
+    server.setServiceParent(root)
+    if getattr(options, "parent", None) is not None:
+        # Under twistd: own SIGTERM/SIGINT, so that a drain exits with 0.
+        StopOnSignals(reactor, server).setServiceParent(root)
+    return root

@@ -1,0 +1,321 @@
+"""
+Helpers for tests that run a real C{twistd -n myserver} process and talk to
+it over real sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+_LISTENING = re.compile(r"listening on (tcp6?):\[?([^\]\s]+?)\]?:(\d+) ")
+
+
+def twistdCommand() -> list[str]:
+    """
+    The twistd of the Python running the tests (the one myserver is
+    installed into), falling back to the one on PATH.
+    """
+    beside = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.access(beside, os.X_OK):
+        return [beside]
+    found = shutil.which("twistd")
+    if found:
+        return [found]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+def myserverCommand(*args: str) -> list[str]:
+    return [*twistdCommand(), "-n", "--pidfile=", "myserver", *args]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{twistd -n --pidfile= myserver ARGS} to completion in a scratch
+    directory, for commands that exit by themselves.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        return subprocess.run(
+            myserverCommand(*args),
+            cwd=scratch,
+            env=_environ(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _environ(extra: dict[str, str] | None) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("MYSERVER_")}
+    environ.update(extra or {})
+    return environ
+
+
+class ServerProcess:
+    """
+    A C{twistd -n myserver} child process.
+
+    @ivar addresses: (host, port) of each listener, in the order logged.
+    @ivar lines: every line the server wrote to standard output so far.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        listeners: int | None = None,
+        loopback: bool = True,
+        env: dict[str, str] | None = None,
+        preexec: Any = None,
+    ) -> None:
+        """
+        @param args: myserver's options; C{--listen LOOPBACK} is added when
+            they name no listener and C{loopback} is true.
+        @param listeners: how many "listening on" lines to wait for.
+        """
+        given = sum(a == "--listen" or a.startswith("--listen=") for a in args)
+        if not given and loopback:
+            args = ("--listen", LOOPBACK, *args)
+        self.args = args
+        self.expected = listeners or max(1, given)
+        self.env = env
+        self.preexec = preexec
+        self.lines: list[str] = []
+        self.addresses: list[tuple[str, int]] = []
+        self._changed = threading.Condition()
+        self._scratch = tempfile.TemporaryDirectory()
+
+    @property
+    def port(self) -> int:
+        return self.addresses[0][1]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        self.process = subprocess.Popen(
+            myserverCommand(*self.args),
+            cwd=self._scratch.name,
+            env=_environ(self.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=self.preexec,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        self.waitFor(lambda: len(self.addresses) >= self.expected, timeout)
+        return self
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line)
+                match = _LISTENING.search(line)
+                if match:
+                    self.addresses.append((match.group(2), int(match.group(3))))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def waitFor(self, condition: Any, timeout: float = 30) -> None:
+        """
+        Wait until C{condition()} is true; fail with the output so far if the
+        process exits or C{timeout} passes first.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition():
+                remaining = deadline - time.monotonic()
+                if self.process.poll() is not None and not condition():
+                    self._changed.wait(0.2)
+                    if not condition():
+                        raise AssertionError(
+                            f"server exited ({self.process.returncode}):\n"
+                            + self.output
+                        )
+                if remaining <= 0:
+                    raise AssertionError("timed out; server output:\n" + self.output)
+                self._changed.wait(min(remaining, 0.2))
+
+    def waitForLine(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        regex = re.compile(pattern)
+        found: list[re.Match[str]] = []
+
+        def seen() -> bool:
+            for line in self.lines:
+                match = regex.search(line)
+                if match:
+                    found.append(match)
+                    return True
+            return False
+
+        self.waitFor(seen, timeout)
+        return found[0]
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60) -> int:
+        """
+        Send C{signum} and wait for the process to exit.
+
+        @return: its exit status.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._scratch.cleanup()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def rss(self) -> int:
+        """
+        Resident memory of the server process, in bytes.
+        """
+        return processRSS(self.pid)
+
+    def openDescriptors(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+def processRSS(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def assertNoTraceback(testCase: Any, output: str) -> None:
+    testCase.assertNotIn("Traceback", output)
+    testCase.assertNotIn("Unhandled Error", output)
+
+
+def echoOnce(
+    port: int,
+    payload: bytes,
+    host: str = "127.0.0.1",
+    chunkSize: int = 65536,
+    timeout: float = 120,
+    family: int = socket.AF_INET,
+) -> bytes:
+    """
+    The sockets example's client flow, done without deadlock for any size:
+    send C{payload} (in chunks of C{chunkSize}) while reading, shut down the
+    sending side, then read until the server closes.
+
+    @return: every byte received.
+    """
+    received = bytearray()
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+        sock.setblocking(False)
+        view = memoryview(payload)
+        sent = 0
+        if not payload:
+            sock.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+            while True:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"echo of {len(payload)} bytes: sent {sent}, "
+                        f"received {len(received)}"
+                    )
+                for _, events in selector.select(1.0):
+                    if events & selectors.EVENT_WRITE and sent < len(payload):
+                        try:
+                            sent += sock.send(view[sent : sent + chunkSize])
+                        except BlockingIOError:
+                            pass
+                        if sent == len(payload):
+                            sock.shutdown(socket.SHUT_WR)
+                            selector.modify(sock, selectors.EVENT_READ)
+                    if events & selectors.EVENT_READ:
+                        try:
+                            data = sock.recv(1 << 20)
+                        except BlockingIOError:
+                            continue
+                        if not data:
+                            return bytes(received)
+                        received += data
+
+
+async def asyncEcho(
+    port: int,
+    payload: bytes,
+    host: str = "127.0.0.1",
+    chunks: Sequence[int] = (),
+    pause: float = 0.0,
+) -> bytes:
+    """
+    One client of many on an asyncio loop: send C{payload} split at the
+    given chunk sizes (pausing between chunks), half-close, read to EOF.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+
+    async def send() -> None:
+        offset = 0
+        for size in chunks:
+            writer.write(payload[offset : offset + size])
+            offset += size
+            await writer.drain()
+            if pause:
+                await asyncio.sleep(pause)
+        writer.write(payload[offset:])
+        await writer.drain()
+        writer.write_eof()
+
+    sender = asyncio.ensure_future(send())
+    received = await reader.read()
+    await sender
+    writer.close()
+    await writer.wait_closed()
+    return received
+
+
+def manyEchoes(port: int, payloads: Sequence[bytes], **kwargs: Any) -> list[bytes]:
+    """
+    Run one L{asyncEcho} client per payload, all at once.
+    """
+
+    async def everyone() -> list[bytes]:
+        return list(
+            await asyncio.gather(*(asyncEcho(port, p, **kwargs) for p in payloads))
+        )
+
+    return asyncio.run(everyone())
