@@ -10,7 +10,6 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from signal import SIGTERM
 from typing import Any
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -175,7 +175,7 @@ class ServerProcess:
     def signal(self, signum: int) -> None:
         self.process.send_signal(signum)
 
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 60) -> int:
+    def stop(self, signum: int = SIGTERM, timeout: float = 60) -> int:
         """
         Send C{signum} and wait for the process to exit.
 

@@ -1,0 +1,267 @@
+"""
+The guarded transport and the drain, in process: real sockets on loopback,
+driven by the test's own reactor through Deferreds, plus fast unit tests of
+the echo protocol on L{StringTransport}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+
+from myserver.config import Listener
+from myserver.guard import Guard, GuardedServer
+from myserver.protocols.echo import Echo, buildFactory
+from myserver.service import ConnectionRegistry, ListenerService, ServerService
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+class EchoUnitTests(TestCase):
+    """
+    The echo protocol alone, on an in-memory transport.
+    """
+
+    def test_echoesEveryByte(self) -> None:
+        transport = StringTransport()
+        echo = Echo()
+        echo.makeConnection(transport)
+        for chunk in (b"a", bytes(range(256)), b"", b"z" * 70000):
+            echo.dataReceived(chunk)
+        self.assertEqual(transport.value(), b"a" + bytes(range(256)) + b"z" * 70000)
+
+    def test_halfCloseFinishesThenCloses(self) -> None:
+        """
+        Echo provides IHalfCloseableProtocol, and on the peer's EOF asks the
+        transport to close after flushing (loseConnection, not abort).
+        """
+        transport = StringTransport()
+        echo = Echo()
+        echo.makeConnection(transport)
+        self.assertTrue(IHalfCloseableProtocol.providedBy(echo))
+        echo.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+
+    def test_refusesOptions(self) -> None:
+        self.assertRaises(ValueError, buildFactory, {"colour": "blue"})
+        self.assertIsInstance(buildFactory({}).buildProtocol(None), Echo)
+
+
+class NaiveEcho(Protocol):
+    """
+    The textbook echo, without IHalfCloseableProtocol.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Client(Protocol):
+    """
+    Sends a payload, optionally half-closes, collects the reply until the
+    server closes.  Can start with reading paused, as a client that does not
+    read would.
+    """
+
+    def __init__(
+        self, payload: bytes, halfClose: bool = True, readPaused: bool = False
+    ) -> None:
+        self.payload = payload
+        self.halfClose = halfClose
+        self.readPaused = readPaused
+        self.received: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        if self.readPaused:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self.transport.write(self.payload)
+        if self.halfClose:
+            self.transport.loseWriteConnection()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.append(data)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.done.callback(b"".join(self.received))
+
+
+class ServingTestCase(TestCase):
+    """
+    Serves a factory on a guarded loopback listener in this process.
+    """
+
+    maxWriteBuffer = 64 * 1024
+
+    @inlineCallbacks
+    def serve(self, factory: Factory) -> Any:
+        self.registry = ConnectionRegistry()
+        self.guard = Guard(self.maxWriteBuffer, self.registry, reactor)
+        self.server = ServerService(self.registry, 30.0, reactor)
+        self.listener = ListenerService(
+            Listener(LOOPBACK, "test"), factory, self.guard, reactor
+        )
+        self.listener.setServiceParent(self.server)
+        self.server.startService()
+        self.addCleanup(self.stopServer)
+        assert self.listener.port is not None
+        self.port = self.listener.port.getHost().port
+        yield None
+
+    def stopServer(self) -> Any:
+        if self.server.running:
+            self.registry.abortAll()
+            return self.server.stopService()
+        return None
+
+    @inlineCallbacks
+    def connect(self, client: Client) -> Any:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
+        yield connectProtocol(endpoint, client)
+        return client
+
+    def serverConnection(self) -> GuardedServer:
+        [connection] = self.registry.connections
+        return connection
+
+
+class GuardedServerTests(ServingTestCase):
+    """
+    Real loopback connections to a guarded listener.
+    """
+
+    @inlineCallbacks
+    def test_halfCloseSafeForAnyProtocol(self) -> Any:
+        """
+        A protocol that knows nothing of half-close still has everything it
+        wrote delivered after the peer's EOF: the client reads nothing until
+        long after its EOF reached the server.
+        """
+        yield self.serve(Factory.forProtocol(NaiveEcho))
+        payload = os.urandom(3 * 1024 * 1024 + 11)
+        client = yield self.connect(Client(payload, readPaused=True))
+        yield deferLater(reactor, 0.5, lambda: None)
+        client.transport.resumeProducing()
+        received = yield client.done
+        self.assertEqual(len(received), len(payload))
+        self.assertEqual(received, payload)
+
+    @inlineCallbacks
+    def test_backpressureBoundsQueuedOutput(self) -> Any:
+        """
+        A client that does not read makes the server stop reading from it
+        once more than max_write_buffer bytes are queued for it; when the
+        client reads again everything arrives, in order.
+        """
+        yield self.serve(buildFactory({}))
+        payload = os.urandom(16 * 1024 * 1024)
+        client = yield self.connect(Client(payload, readPaused=True))
+        connection = self.serverConnection()
+        highest = 0
+        for _ in range(20):
+            yield deferLater(reactor, 0.05, lambda: None)
+            highest = max(highest, connection.pendingBytes())
+        self.assertTrue(connection._readPausedByGuard)
+        self.assertLess(connection.bytesReceived, len(payload))
+        # At most one read's worth above the mark before reading paused.
+        self.assertLessEqual(highest, self.maxWriteBuffer + connection.bufferSize)
+        client.transport.resumeProducing()
+        received = yield client.done
+        self.assertEqual(received, payload)
+        self.assertEqual(connection.bytesReceived, len(payload))
+        self.assertEqual(connection.bytesSent, len(payload))
+
+    @inlineCallbacks
+    def test_writeThrough(self) -> Any:
+        """
+        When nothing is queued, write() hands the bytes to the kernel at
+        once, without waiting a reactor turn for write readiness.
+        """
+        yield self.serve(buildFactory({}))
+        client = yield self.connect(Client(b"", halfClose=False))
+        yield deferLater(reactor, 0, lambda: None)
+        connection = self.serverConnection()
+        connection.write(b"x" * 1000)
+        self.assertEqual(connection.pendingBytes(), 0)
+        self.assertEqual(connection.bytesSent, 1000)
+        self.assertNotIn(connection, reactor.getWriters())
+        client.transport.loseWriteConnection()
+        received = yield client.done
+        self.assertEqual(received, b"x" * 1000)
+
+    @inlineCallbacks
+    def test_registryFollowsConnections(self) -> Any:
+        """
+        The registry holds a connection exactly while it is open.
+        """
+        yield self.serve(buildFactory({}))
+        self.assertEqual(len(self.registry), 0)
+        client = yield self.connect(Client(b"hello", halfClose=False))
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(self.registry), 1)
+        emptied = self.registry.whenEmpty()
+        self.assertNoResult(emptied)
+        client.transport.loseWriteConnection()
+        received = yield client.done
+        yield emptied
+        self.assertEqual(received, b"hello")
+        self.assertEqual(len(self.registry), 0)
+
+
+class DrainTests(ServingTestCase):
+    """
+    Stopping the server: listeners close at once, open connections finish,
+    the rest are aborted at the deadline.
+    """
+
+    @inlineCallbacks
+    def test_drainLetsConnectionsFinish(self) -> Any:
+        """
+        After stopService the listener is closed, but a connection already
+        open is still served until its peer half-closes.
+        """
+        yield self.serve(buildFactory({}))
+        client = yield self.connect(Client(b"first", halfClose=False))
+        yield deferLater(reactor, 0.05, lambda: None)
+        stopped = self.server.stopService()
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(self.server.draining)
+        self.assertNoResult(stopped)
+        refused = Client(b"")
+        yield self.assertFailure(self.connect(refused), Exception)
+        client.transport.write(b" and last")
+        client.transport.loseWriteConnection()
+        received = yield client.done
+        yield stopped
+        self.assertEqual(received, b"first and last")
+
+    @inlineCallbacks
+    def test_deadlineAbortsTheRest(self) -> Any:
+        """
+        Connections still open at shutdown_timeout are aborted, and the
+        drain then completes.
+        """
+        yield self.serve(buildFactory({}))
+        clock = Clock()
+        self.server.clock = clock
+        client = yield self.connect(Client(b"never done", halfClose=False))
+        yield deferLater(reactor, 0.05, lambda: None)
+        stopped = self.server.stopService()
+        yield deferLater(reactor, 0.05, lambda: None)
+        self.assertNoResult(stopped)
+        clock.advance(self.server.shutdownTimeout)
+        received = yield client.done
+        yield stopped
+        self.assertEqual(received, b"never done")
+        self.assertEqual(len(self.registry), 0)
