@@ -11,6 +11,7 @@ line that names the setting, where its value came from, and the value.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -24,6 +25,7 @@ ENV_PREFIX = "MYSERVER_"
 DEFAULT_ENDPOINT = "tcp:27015"
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 LOG_FORMATS = ("text", "json")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(Exception):
@@ -57,6 +59,13 @@ class Config:
 
     listen: tuple[Listener, ...]
     protocol: str = "echo"
+    max_connections: int = 10000
+    max_connections_per_ip: int = 0
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
+    allow: tuple[Network, ...] = ()
+    deny: tuple[Network, ...] = ()
+    idle_timeout: float = 300.0
     max_write_buffer: int = 1024 * 1024
     shutdown_timeout: float = 25.0
     log_level: str = "info"
@@ -103,6 +112,52 @@ def parseDuration(value: object) -> float:
     return seconds
 
 
+def _count(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
+    """
+    A parser for a whole number in [minimum, maximum].
+    """
+
+    def parseCount(value: object) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and value.strip().isdecimal():
+            number = int(value.strip())
+        else:
+            raise ValueError("expected a whole number")
+        if number < minimum or (maximum is not None and number > maximum):
+            upper = f" to {maximum}" if maximum is not None else " or more"
+            raise ValueError(f"must be {minimum}{upper}")
+        return number
+
+    return parseCount
+
+
+def parseNetworks(value: object) -> tuple[Network, ...]:
+    """
+    CIDR networks, IPv4 or IPv6: a list of strings, or one string of them
+    separated by commas or white space.  A bare address is a /32 or /128.
+    """
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list | tuple):
+        items: list[object] = []
+        for item in value:
+            items.extend(
+                item.replace(",", " ").split() if isinstance(item, str) else [item]
+            )
+    else:
+        raise ValueError("expected CIDR networks such as 10.0.0.0/8, ::1")
+    networks = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError("expected CIDR networks such as 10.0.0.0/8, ::1")
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as e:
+            raise ValueError(f"{item!r} is not a network: {e}") from None
+    return tuple(networks)
+
+
 def _choice(choices: Sequence[str]) -> Callable[[object], str]:
     def parseChoice(value: object) -> str:
         if isinstance(value, str) and value.lower() in choices:
@@ -142,6 +197,43 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("protocol", parseName, "Protocol served by listeners that name none."),
+    Setting(
+        "max_connections",
+        _count(1),
+        "Open connections in all; at the limit the server stops accepting "
+        "(clients wait in the kernel's backlog) until one closes.",
+    ),
+    Setting(
+        "max_connections_per_ip",
+        _count(0),
+        "Open connections per client address (0: no limit); beyond it new "
+        "connections from that address are closed at once.",
+    ),
+    Setting(
+        "ipv4_prefix",
+        _count(0, 32),
+        "IPv4 prefix length that counts as one address for the per-IP limit.",
+    ),
+    Setting(
+        "ipv6_prefix",
+        _count(0, 128),
+        "IPv6 prefix length that counts as one address for the per-IP limit.",
+    ),
+    Setting(
+        "allow",
+        parseNetworks,
+        "Only clients in these CIDR networks are served (repeatable; empty: all).",
+    ),
+    Setting(
+        "deny",
+        parseNetworks,
+        "Clients in these CIDR networks are refused, even if allowed (repeatable).",
+    ),
+    Setting(
+        "idle_timeout",
+        parseDuration,
+        "Close a connection with no bytes either way for this long (0: never).",
+    ),
     Setting(
         "max_write_buffer",
         parseSize,
@@ -349,6 +441,8 @@ def render(config: Config) -> str:
     lines = [f"listen = {_toml(listen)}  # {config.sources.get('listen', 'default')}"]
     for setting in SETTINGS:
         value = getattr(config, setting.name)
+        if setting.name in ("allow", "deny"):
+            value = [str(network) for network in value]
         source = config.sources.get(setting.name, "default")
         lines.append(f"{setting.name} = {_toml(value)}  # {source}")
     lines.append(f"# config file: {config.config or 'none'}")

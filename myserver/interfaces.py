@@ -48,9 +48,29 @@ class IProtocolPlugin(Interface):
 
 class IConnectionRegistry(Interface):
     """
-    Knows every open connection of a server, for limits, accounting and the
-    graceful drain.  Called by the guarded transports, never by plugins.
+    Knows every open connection and listening port of a server, for limits,
+    accounting and the graceful drain.  Called by the guard, never by
+    plugins.
     """
+
+    connections = Attribute("The set of open connections' transports.")
+
+    def room():  # type: ignore[no-untyped-def]
+        """
+        @return: how many more connections may be accepted now (an L{int},
+            zero or less when the server is full).
+        """
+
+    def addPort(port):  # type: ignore[no-untyped-def]
+        """
+        A listening port started; it stops accepting while the server is
+        full and is told to C{maybeResumeAccepting} when room frees up.
+        """
+
+    def removePort(port):  # type: ignore[no-untyped-def]
+        """
+        A listening port stopped.
+        """
 
     def add(connection):  # type: ignore[no-untyped-def]
         """

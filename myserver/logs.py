@@ -15,9 +15,11 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
@@ -95,3 +97,38 @@ def twistdObserver() -> Any:
     The observer L{prepare}d for twistd.
     """
     return makeObserver(*_prepared)
+
+
+class RateLimitedLog:
+    """
+    Log each kind of event at most once per C{interval} seconds, so that a
+    flood of refused connections or failed accepts cannot flood the log.
+    The event that gets through says how many like it were held back.
+
+    @ivar suppressed: events held back so far, by key.
+    """
+
+    def __init__(self, logger: Logger, clock: IReactorTime, interval: float = 5.0):
+        self._logger = logger
+        self._clock = clock
+        self._interval = interval
+        self._lastEmitted: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def emit(self, key: str, level: LogLevel, format: str, **fields: Any) -> None:
+        """
+        Emit unless an event with the same C{key} was emitted less than
+        C{interval} seconds ago.
+        """
+        now = self._clock.seconds()
+        last = self._lastEmitted.get(key)
+        if last is not None and now - last < self._interval:
+            self.suppressed[key] = self.suppressed.get(key, 0) + 1
+            return
+        self._lastEmitted[key] = now
+        held = self.suppressed.pop(key, 0)
+        if held:
+            format += " ({suppressed} more like this in the last {interval:g}s)"
+        self._logger.emit(
+            level, format, suppressed=held, interval=self._interval, **fields
+        )

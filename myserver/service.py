@@ -10,6 +10,7 @@ half-closes still gets its whole echo), and whatever remains is aborted.
 
 from __future__ import annotations
 
+import resource
 import signal
 from types import FrameType
 from typing import Any
@@ -18,12 +19,13 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from myserver.config import Listener
-from myserver.guard import Guard, GuardedServer, GuardingReactor
+from myserver.guard import Guard, GuardedPort, GuardedServer, GuardingReactor
 from myserver.interfaces import IConnectionRegistry
 
 log = Logger(namespace="myserver")
@@ -52,6 +54,29 @@ def describeAddress(address: Any) -> str:
     return str(address)
 
 
+def raiseDescriptorLimit() -> int:
+    """
+    Raise the soft limit on open descriptors to the hard limit, as servers
+    that hold thousands of connections do, and log the figure.
+
+    @return: the soft limit now in force.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warn(
+                "cannot raise the open file limit from {soft} to {hard}: {error}",
+                soft=soft,
+                hard=hard,
+                error=e,
+            )
+            return soft
+    log.info("open file limit: {limit}", limit=hard)
+    return hard
+
+
 @implementer(IConnectionRegistry)
 class ConnectionRegistry:
     """
@@ -63,16 +88,36 @@ class ConnectionRegistry:
         accept path nothing.
     """
 
-    def __init__(self, logConnections: bool = False) -> None:
+    def __init__(
+        self, maxConnections: int = 10000, logConnections: bool = False
+    ) -> None:
         self.connections: set[GuardedServer] = set()
+        self.maxConnections = maxConnections
         self.logConnections = logConnections
+        self.ports: set[GuardedPort] = set()
         self._whenEmpty: list[Deferred[None]] = []
 
     def __len__(self) -> int:
         return len(self.connections)
 
+    def room(self) -> int:
+        """
+        How many more connections may be accepted now.
+        """
+        return self.maxConnections - len(self.connections)
+
+    def addPort(self, port: GuardedPort) -> None:
+        self.ports.add(port)
+
+    def removePort(self, port: GuardedPort) -> None:
+        self.ports.discard(port)
+
     def add(self, connection: GuardedServer) -> None:
         self.connections.add(connection)
+        if len(self.connections) >= self.maxConnections:
+            # Stop accepting: new clients wait in the kernel's backlog.
+            for port in self.ports:
+                port.stopReading()  # type: ignore[attr-defined]
         if self.logConnections:
             log.debug(
                 "connection from {peer} opened",
@@ -80,7 +125,11 @@ class ConnectionRegistry:
             )
 
     def remove(self, connection: GuardedServer, reason: Failure) -> None:
+        before = len(self.connections)
         self.connections.discard(connection)
+        if before >= self.maxConnections > len(self.connections):
+            for port in list(self.ports):
+                port.maybeResumeAccepting()
         if self.logConnections:
             log.debug(
                 "connection from {peer} closed after {duration:.3f}s: "
@@ -190,13 +239,34 @@ class ServerService(MultiService):
 
     draining = False
 
+    _sweeper: LoopingCall | None = None
+
     def __init__(
-        self, registry: ConnectionRegistry, shutdownTimeout: float, clock: Any
+        self,
+        registry: ConnectionRegistry,
+        shutdownTimeout: float,
+        clock: Any,
+        guard: Guard | None = None,
     ) -> None:
         super().__init__()
         self.registry = registry
         self.shutdownTimeout = shutdownTimeout
         self.clock = clock
+        self.guard = guard
+
+    def privilegedStartService(self) -> None:
+        raiseDescriptorLimit()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        if self.guard is not None and self.guard.idleTimeout > 0:
+            # Activity is noticed at the next sweep, so a connection is
+            # closed between idle_timeout and idle_timeout + interval.
+            interval = min(5.0, self.guard.idleTimeout / 4)
+            self._sweeper = LoopingCall(self.guard.sweepIdle)
+            self._sweeper.clock = self.clock
+            self._sweeper.start(interval, now=False)
 
     def stopService(self) -> Deferred[None]:
         self.draining = True
@@ -206,6 +276,7 @@ class ServerService(MultiService):
     def _drain(self) -> Deferred[None]:
         count = len(self.registry)
         if not count:
+            self._stopSweeping()
             return succeed(None)
         log.info(
             "draining {count} open connections for up to {timeout}s",
@@ -221,7 +292,11 @@ class ServerService(MultiService):
                 log.info("all connections finished")
 
         drained.addCallback(finished)
-        return drained
+        return drained.addCallback(lambda _: self._stopSweeping())
+
+    def _stopSweeping(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
 
     def abortAll(self) -> None:
         """

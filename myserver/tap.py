@@ -13,6 +13,9 @@ from twisted.python import usage
 
 from myserver.config import SETTINGS, Config, ConfigError, load, render
 
+# Repeatable options, spelled with opt_ methods.
+_LISTS = ("allow", "deny")
+
 
 def _fail(message: str, status: int = 2) -> NoReturn:
     """
@@ -43,14 +46,15 @@ class Options(usage.Options):
     ]
     optParameters = [
         ["config", "c", None, "TOML configuration file (or MYSERVER_CONFIG)."],
-        *[[s.flag[2:], None, None, s.help] for s in SETTINGS],
+        *[[s.flag[2:], None, None, s.help] for s in SETTINGS if s.name not in _LISTS],
     ]
 
     config: Config
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"] = []
+        for name in ("listen", *_LISTS):
+            self[name] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -58,6 +62,19 @@ class Options(usage.Options):
         tcp6:27015:interface=\\:\\:1, unix:/run/myserver.sock.
         """
         self["listen"].append(endpoint)
+
+    def opt_allow(self, networks: str) -> None:
+        """
+        Serve only clients in these CIDR networks (repeatable; comma
+        separated lists too), e.g. 127.0.0.0/8,::1.
+        """
+        self["allow"].append(networks)
+
+    def opt_deny(self, networks: str) -> None:
+        """
+        Refuse clients in these CIDR networks, even if allowed (repeatable).
+        """
+        self["deny"].append(networks)
 
     def parseOptions(self, options: Any = None) -> None:
         try:
@@ -73,9 +90,10 @@ class Options(usage.Options):
             for name in sorted(discovery.protocols):
                 print(f"{name:<16} {discovery.protocols[name].description}")
             raise SystemExit(0)
-        cli = {s.name: self[s.flag[2:]] for s in SETTINGS}
+        cli = {s.name: self[s.flag[2:]] for s in SETTINGS if s.name not in _LISTS}
         cli["config"] = self["config"]
-        cli["listen"] = self["listen"] or None
+        for name in ("listen", *_LISTS):
+            cli[name] = self[name] or None
         try:
             self.config = load(cli, os.environ, discovery.protocols)
             self.factories = [
@@ -146,7 +164,7 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    from myserver.guard import Guard
+    from myserver.guard import Admission, Guard
     from myserver.service import (
         ConnectionRegistry,
         ListenerService,
@@ -155,9 +173,20 @@ def makeService(options: Options) -> IService:
     )
 
     config = options.config
-    registry = ConnectionRegistry(logConnections=config.log_level == "debug")
-    server = ServerService(registry, config.shutdown_timeout, reactor)
-    guard = Guard(config.max_write_buffer, registry, reactor)
+    registry = ConnectionRegistry(
+        config.max_connections, logConnections=config.log_level == "debug"
+    )
+    admission = Admission(
+        config.allow,
+        config.deny,
+        config.max_connections_per_ip,
+        config.ipv4_prefix,
+        config.ipv6_prefix,
+    )
+    guard = Guard(
+        config.max_write_buffer, registry, reactor, config.idle_timeout, admission
+    )
+    server = ServerService(registry, config.shutdown_timeout, reactor, guard)
     for listener, factory in zip(config.listen, options.factories, strict=True):
         ListenerService(listener, factory, guard, reactor).setServiceParent(server)
 

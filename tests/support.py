@@ -209,6 +209,31 @@ class ServerProcess:
     def openDescriptors(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def openSockets(self) -> int:
+        """
+        How many sockets the server holds (listeners and connections); unlike
+        all descriptors, not disturbed by the reactor's own pipes.
+        """
+        count = 0
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{self.pid}/fd/{fd}").startswith("socket:"):
+                    count += 1
+            except OSError:
+                pass
+        return count
+
+    def waitForSockets(self, count: int, timeout: float = 15) -> int:
+        """
+        Wait until the server holds at most C{count} sockets.
+
+        @return: how many it holds in the end.
+        """
+        deadline = time.monotonic() + timeout
+        while self.openSockets() > count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.openSockets()
+
 
 def processRSS(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
