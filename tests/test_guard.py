@@ -265,3 +265,34 @@ class DrainTests(ServingTestCase):
         yield stopped
         self.assertEqual(received, b"never done")
         self.assertEqual(len(self.registry), 0)
+
+
+class IdleSweepTests(ServingTestCase):
+    """
+    The idle sweep, on a fake clock over real connections: activity is
+    noticed by comparing byte counters, never by a timer per read.
+    """
+
+    @inlineCallbacks
+    def test_sweepClosesOnlyIdle(self) -> Any:
+        yield self.serve(buildFactory({}))
+        clock = Clock()
+        self.guard.clock = clock
+        self.guard.idleTimeout = 10.0
+        quiet = yield self.connect(Client(b"", halfClose=False))
+        busy = yield self.connect(Client(b"", halfClose=False))
+        yield deferLater(reactor, 0.05, lambda: None)
+        byClient = {c.getPeer().port: c for c in self.registry.connections}
+        busyServer = byClient[busy.transport.getHost().port]
+        for step in range(4):
+            clock.advance(4)
+            busy.transport.write(b"tick %d" % step)
+            yield deferLater(reactor, 0.05, lambda: None)
+            self.assertEqual(self.guard.sweepIdle(), 1 if step == 2 else 0)
+        received = yield quiet.done
+        self.assertEqual(received, b"")
+        self.assertEqual(self.registry.connections, {busyServer})
+        self.assertEqual(self.guard.idleClosed, 1)
+        busy.transport.loseWriteConnection()
+        echoed = yield busy.done
+        self.assertEqual(echoed, b"tick 0tick 1tick 2tick 3")
