@@ -43,11 +43,18 @@ class Listener:
     @ivar endpoint: a Twisted server endpoint string, e.g. C{tcp:27015}.
     @ivar protocol: the name of the L{IProtocolPlugin} served there.
     @ivar options: the listener's own options for that plugin.
+    @ivar settings: the listener's own values for settings in
+        L{PER_LISTENER}, overriding the server-wide ones.
     """
 
     endpoint: str
     protocol: str
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def isDatagram(self) -> bool:
+        return self.endpoint.split(":", 1)[0].lower() == "udp"
 
 
 @dataclass(frozen=True)
@@ -249,6 +256,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("log_format", _choice(LOG_FORMATS), "text, or json: one object a line."),
 )
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
+# Settings that a [[listen]] table may set for that listener alone.
+PER_LISTENER = (
+    "max_connections",
+    "max_connections_per_ip",
+    "ipv4_prefix",
+    "ipv6_prefix",
+    "allow",
+    "deny",
+    "idle_timeout",
+    "max_write_buffer",
+)
 KNOWN_KEYS = frozenset(_BY_NAME) | {"listen"}
 
 
@@ -271,11 +289,11 @@ def _readFile(path: str) -> dict[str, Any]:
 
 
 def _listenerFromTable(table: Mapping[str, Any]) -> Listener:
-    unknown = set(table) - {"endpoint", "protocol", "options"}
+    unknown = set(table) - {"endpoint", "protocol", "options", *PER_LISTENER}
     if unknown:
         raise ValueError(
-            f"unknown key {sorted(unknown)[0]!r} in a listen table "
-            "(expected endpoint, protocol, options)"
+            f"unknown key {sorted(unknown)[0]!r} in a listen table (expected "
+            f"endpoint, protocol, options, {', '.join(PER_LISTENER)})"
         )
     endpoint = table.get("endpoint")
     if not isinstance(endpoint, str):
@@ -286,14 +304,41 @@ def _listenerFromTable(table: Mapping[str, Any]) -> Listener:
     options = table.get("options", {})
     if not isinstance(options, Mapping):
         raise ValueError("options in a listen table must be a table")
-    return Listener(endpoint, protocol, MappingProxyType(dict(options)))
+    settings = {}
+    for name in PER_LISTENER:
+        if name in table:
+            try:
+                settings[name] = _BY_NAME[name].parse(table[name])
+            except ValueError as e:
+                raise ValueError(
+                    f"{name} = {_show(table[name])} for {endpoint}: {e}"
+                ) from None
+    return Listener(
+        endpoint,
+        protocol,
+        MappingProxyType(dict(options)),
+        MappingProxyType(settings),
+    )
+
+
+def _listenerFromString(text: str) -> Listener:
+    """
+    C{ENDPOINT}, or C{PROTOCOL=ENDPOINT} to name the protocol served there
+    (an endpoint's own C{=} signs come after its first colon).
+    """
+    head, colon, _ = text.partition(":")
+    if colon and "=" in head:
+        protocol, _, endpoint = text.partition("=")
+        return Listener(endpoint, parseName(protocol))
+    return Listener(text, "")
 
 
 def _parseListen(value: object) -> list[Listener]:
     """
-    Listeners from the command line (a list of strings), the environment (a
-    string of endpoints separated by white space) or TOML (a string, or an
-    array of strings and tables).  An empty protocol means "the default".
+    Listeners from the command line (a list of strings and tables), the
+    environment (a string of endpoints separated by white space) or TOML (a
+    string, or an array of strings and tables).  An empty protocol means
+    "the default".
     """
     if isinstance(value, str):
         items: list[object] = list(value.split())
@@ -304,7 +349,7 @@ def _parseListen(value: object) -> list[Listener]:
     listeners = []
     for item in items:
         if isinstance(item, str):
-            listeners.append(Listener(item, ""))
+            listeners.append(_listenerFromString(item))
         elif isinstance(item, Mapping):
             listeners.append(_listenerFromTable(item))
         else:
@@ -314,6 +359,30 @@ def _parseListen(value: object) -> list[Listener]:
     return listeners
 
 
+def parseDatagramEndpoint(endpoint: str) -> tuple[int, str]:
+    """
+    myserver's own UDP listener spelling, C{udp:PORT[:interface=ADDR]}:
+    Twisted's endpoint strings have no datagram server form.
+
+    @return: the port and the interface address (C{""} for all IPv4).
+    """
+    kind, _, rest = endpoint.partition(":")
+    parts = rest.split(":", 1) if rest else []
+    if kind.lower() != "udp" or not parts or not parts[0].isdecimal():
+        raise ValueError("expected udp:PORT or udp:PORT:interface=ADDRESS")
+    port = int(parts[0])
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range")
+    interface = ""
+    if len(parts) == 2:
+        key, equals, address = parts[1].replace("\\:", ":").partition("=")
+        if key != "interface" or not equals:
+            raise ValueError(f"unknown UDP option {parts[1]!r} (expected interface=)")
+        ipaddress.ip_address(address)
+        interface = address
+    return port, interface
+
+
 def _checkEndpoint(endpoint: str) -> None:
     """
     Parse an endpoint string exactly as the server will, without listening.
@@ -321,6 +390,9 @@ def _checkEndpoint(endpoint: str) -> None:
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
 
+    if endpoint.split(":", 1)[0].lower() == "udp":
+        parseDatagramEndpoint(endpoint)
+        return
     try:
         serverFromString(reactor, endpoint)
     except Exception as e:
@@ -393,7 +465,9 @@ def load(
             raise ConfigError(
                 f"{sources['listen']}: invalid endpoint {listener.endpoint!r}: {e}"
             ) from None
-        resolved.append(Listener(listener.endpoint, name, listener.options))
+        resolved.append(
+            Listener(listener.endpoint, name, listener.options, listener.settings)
+        )
     sources["config"] = (
         "--config" if cli.get("config") else "MYSERVER_CONFIG" if path else "default"
     )
@@ -436,6 +510,10 @@ def render(config: Config) -> str:
     listen = [
         {"endpoint": listener.endpoint, "protocol": listener.protocol}
         | ({"options": dict(listener.options)} if listener.options else {})
+        | {
+            name: [str(n) for n in value] if name in ("allow", "deny") else value
+            for name, value in listener.settings.items()
+        }
         for listener in config.listen
     ]
     lines = [f"listen = {_toml(listen)}  # {config.sources.get('listen', 'default')}"]

@@ -2,12 +2,11 @@
 Per-connection policy, applied in the transport itself.
 
 Protocol plugins are plain Twisted protocols and never see the guard.  The
-guard does not wrap them: it is the transport.  L{GuardingReactor} hands
-Twisted's endpoint machinery (C{serverFromString} and every endpoint type it
-knows: tcp, tcp6, unix, ssl, systemd, haproxy) ports whose accepted
-connections are L{GuardedServer}s.  Their read and write paths are Twisted's
-own, with the policy folded in at the cost of a few attribute updates per
-read or write:
+guard does not wrap them: it is the transport.  L{myserver.ports} makes
+Twisted's endpoints (every type C{serverFromString} knows: tcp, tcp6, unix,
+ssl, systemd, haproxy) accept connections as L{GuardedServer}s, whose read
+and write paths are Twisted's own with the policy folded in, at the cost of
+a few attribute updates per read or write:
 
   - accounting: bytes in and out, kept as plain integers;
   - bounded output: above C{max_write_buffer} bytes queued for a peer, the
@@ -18,155 +17,103 @@ read or write:
     C{send} instead of waiting a reactor turn for write readiness;
   - half-close safety: when the peer shuts down its sending side, a protocol
     that does not provide L{IHalfCloseableProtocol} has its queued output
-    flushed before the connection closes, instead of losing it.
+    flushed before the connection closes, instead of losing it;
+  - isolation: an exception in the protocol closes that connection only, and
+    is logged (rate-limited) with the protocol's name, and counted.
 
-At accept time, the guard decides who gets in (allow and deny networks, the
-per-address limit: a refused peer is closed before any of its bytes is
-read), and its ports never accept more than C{max_connections} in all.  Idle
-connections are found by a periodic sweep that compares byte counters, so
-the hot path never touches a timer.
+Idle connections are found by a periodic sweep that compares byte counters,
+so the hot path never touches a timer.
 """
 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import main, tcp, unix
-from twisted.internet.interfaces import (
-    IHalfCloseableProtocol,
-    IListeningPort,
-    IProtocolFactory,
-    IReactorTime,
-)
-from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from myserver.config import Network
+from myserver.admission import Admission, hostOf
 from myserver.interfaces import IConnectionRegistry
 from myserver.logs import RateLimitedLog
+
+if TYPE_CHECKING:
+    from myserver.ports import GuardedPort
 
 _RETRY_LATER = (errno.EWOULDBLOCK, errno.ENOBUFS)
 log = Logger(namespace="myserver.guard")
 
-# Reasons a connection is refused, as counted and logged.
-DENIED = "deny"
-NOT_ALLOWED = "not_allowed"
-PER_IP_LIMIT = "max_connections_per_ip"
+# Why connections end early, as counted and logged.
 DESCRIPTORS_EXHAUSTED = "descriptors_exhausted"
-
-
-class Admission:
-    """
-    Who may connect: allow and deny networks (deny wins) and the number of
-    open connections per client address, where an address is its IPv4 or
-    IPv6 prefix of the configured length (one IPv6 host owns a whole /64).
-    IPv4-mapped IPv6 peers (on dual-stack listeners) count as IPv4.
-
-    @ivar openByAddress: open connections by address key.
-    """
-
-    def __init__(
-        self,
-        allow: tuple[Network, ...] = (),
-        deny: tuple[Network, ...] = (),
-        maxPerAddress: int = 0,
-        ipv4Prefix: int = 32,
-        ipv6Prefix: int = 64,
-    ) -> None:
-        self.allow = allow
-        self.deny = deny
-        self.maxPerAddress = maxPerAddress
-        self._shift = {4: 32 - ipv4Prefix, 6: 128 - ipv6Prefix}
-        self.openByAddress: dict[tuple[int, int], int] = {}
-
-    @property
-    def active(self) -> bool:
-        """
-        Whether any rule applies; when none does, accepting skips admission.
-        """
-        return bool(self.allow or self.deny or self.maxPerAddress)
-
-    @staticmethod
-    def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        ip = ipaddress.ip_address(host.partition("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return ip.ipv4_mapped
-        return ip
-
-    def addressKey(self, host: str) -> tuple[int, int]:
-        """
-        The per-address limit's key for C{host}: its prefix.
-        """
-        ip = self._ip(host)
-        return (ip.version, int(ip) >> self._shift[ip.version])
-
-    def refusal(self, host: str | None) -> str | None:
-        """
-        @return: why a new connection from C{host} is refused, or L{None}.
-            Peers without an IP address (UNIX sockets) are always admitted.
-        """
-        if host is None:
-            return None
-        ip = self._ip(host)
-        if any(ip in network for network in self.deny):
-            return DENIED
-        if self.allow and not any(ip in network for network in self.allow):
-            return NOT_ALLOWED
-        if self.maxPerAddress:
-            key = (ip.version, int(ip) >> self._shift[ip.version])
-            if self.openByAddress.get(key, 0) >= self.maxPerAddress:
-                return PER_IP_LIMIT
-        return None
-
-
-def hostOf(address: Any) -> str | None:
-    """
-    The IP address of a peer, or L{None} for peers that have none.
-    """
-    host = getattr(address, "host", None)
-    return host if isinstance(host, str) else None
+PROTOCOL_ERROR = "protocol_error"
 
 
 class Guard:
     """
-    The policy shared by the connections of a server.
+    The policy for the connections of one listener.  Every listener has its
+    own (its settings may differ); all share the server's registry, which
+    holds the total count and the drain.
 
+    @ivar protocolName: the protocol served, for logs.
     @ivar maxWriteBuffer: bytes queued for one peer above which reading from
         that peer pauses.
     @ivar idleTimeout: seconds without a byte either way after which a
         connection is closed; 0 for never.
+    @ivar maxConnections: this listener's own cap on open connections, or 0
+        for none (the server's total cap applies either way).
     @ivar admission: who may connect.
     @ivar registry: told of every connection opened and closed.
     @ivar clock: the time source for durations and idleness.
-    @ivar rejected: connections refused, by reason.
+    @ivar connections: this listener's open connections.
+    @ivar ports: this listener's listening ports.
+    @ivar rejected: connections refused or cut short, by reason.
     @ivar idleClosed: connections closed for being idle.
     """
 
     def __init__(
         self,
-        maxWriteBuffer: int,
         registry: IConnectionRegistry,
         clock: IReactorTime,
+        *,
+        protocolName: str = "",
+        maxWriteBuffer: int = 1024 * 1024,
         idleTimeout: float = 0.0,
+        maxConnections: int = 0,
         admission: Admission | None = None,
     ) -> None:
-        self.maxWriteBuffer = maxWriteBuffer
         self.registry = registry
         self.clock = clock
+        self.protocolName = protocolName
+        self.maxWriteBuffer = maxWriteBuffer
         self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
         self.admission = admission or Admission()
+        self.connections: set[GuardedServer] = set()
+        self.ports: set[GuardedPort] = set()
         self.rejected: dict[str, int] = {}
         self.idleClosed = 0
         self.warnings = RateLimitedLog(log, clock)
+
+    def room(self) -> int:
+        """
+        How many more connections this listener may accept now.
+        """
+        room: int = self.registry.room()
+        if self.maxConnections:
+            room = min(room, self.maxConnections - len(self.connections))
+        return room
+
+    def count(self, reason: str, number: int = 1) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + number
 
     def refuse(self, reason: str, peer: Any) -> None:
         """
         Count and (rate-limited) log a refused connection.
         """
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.count(reason)
         self.warnings.emit(
             reason,
             LogLevel.warn,
@@ -175,13 +122,36 @@ class Guard:
             reason=reason,
         )
 
+    def protocolFailed(self, where: str, peer: Any) -> None:
+        """
+        The protocol raised; called from inside the C{except} block, so the
+        traceback is the protocol's.  Count it, and log it with the
+        protocol's name (rate-limited, so a protocol failing on every
+        connection cannot flood the log).
+        """
+        self.count(PROTOCOL_ERROR)
+        self.warnings.emit(
+            f"{PROTOCOL_ERROR}:{where}",
+            LogLevel.error,
+            "protocol {protocol} raised an exception in {where} for {peer}; "
+            "that connection is closed, the others are unaffected",
+            failure=Failure(),
+            protocol=self.protocolName,
+            where=where,
+            peer=hostOf(peer) or str(peer),
+        )
+
     def opened(self, connection: GuardedServer) -> None:
         admission = self.admission
         if admission.maxPerAddress and (host := hostOf(connection.getPeer())):
             key = admission.addressKey(host)
             connection.addressKey = key
             admission.openByAddress[key] = admission.openByAddress.get(key, 0) + 1
+        self.connections.add(connection)
         self.registry.add(connection)
+        if self.maxConnections and len(self.connections) >= self.maxConnections:
+            for port in self.ports:
+                port.stopReading()  # type: ignore[attr-defined]
 
     def closed(self, connection: GuardedServer, reason: Failure) -> None:
         key = connection.addressKey
@@ -192,7 +162,11 @@ class Guard:
                 counts[key] = remaining
             else:
                 del counts[key]
+        self.connections.discard(connection)
         self.registry.remove(connection, reason)
+        if self.maxConnections and len(self.connections) == self.maxConnections - 1:
+            for port in list(self.ports):
+                port.maybeResumeAccepting()
 
     def sweepIdle(self) -> int:
         """
@@ -206,7 +180,7 @@ class Guard:
         """
         now = self.clock.seconds()
         closed = 0
-        for connection in list(self.registry.connections):
+        for connection in list(self.connections):
             moved = connection.bytesReceived + connection.bytesSent
             if moved != connection.bytesMovedAtSweep:
                 connection.bytesMovedAtSweep = moved
@@ -219,35 +193,6 @@ class Guard:
                     connection.loseConnection()
         self.idleClosed += closed
         return closed
-
-
-class AdmittingFactory:
-    """
-    Wraps a listening port's factory to refuse peers before a protocol is
-    built: returning L{None} from C{buildProtocol} makes the port close the
-    new socket at once, before any byte is read.
-    """
-
-    def __init__(self, factory: IProtocolFactory, guard: Guard) -> None:
-        self.factory = factory
-        self.guard = guard
-
-    def buildProtocol(self, addr: Any) -> Any:
-        reason = self.guard.admission.refusal(hostOf(addr))
-        if reason is not None:
-            self.guard.refuse(reason, addr)
-            return None
-        return self.factory.buildProtocol(addr)
-
-    def doStart(self) -> None:
-        self.factory.doStart()
-
-    def doStop(self) -> None:
-        self.factory.doStop()
-
-    def logPrefix(self) -> str:
-        prefix = getattr(self.factory, "logPrefix", None)
-        return prefix() if prefix is not None else type(self.factory).__name__
 
 
 class GuardedServer(tcp.Server):
@@ -299,7 +244,12 @@ class GuardedServer(tcp.Server):
         if not data:
             return main.CONNECTION_DONE
         self.bytesReceived += len(data)
-        self.protocol.dataReceived(data)
+        try:
+            self.protocol.dataReceived(data)
+        except Exception:
+            # A bug in the protocol ends this connection only.
+            self.guard.protocolFailed("dataReceived", self.getPeer())
+            return main.CONNECTION_LOST
         return None
 
     def write(self, data: bytes) -> None:
@@ -398,187 +348,3 @@ class GuardedUNIXServer(GuardedServer, unix.Server):
     L{GuardedServer} for UNIX-domain connections.  File descriptor passing
     (C{sendFileDescriptor}) is not supported on guarded connections.
     """
-
-
-class GuardedPort:
-    """
-    Mixed into listening ports: never accept more connections than the
-    registry has room for, and back off instead of spinning when accept()
-    fails for want of descriptors.
-
-    Twisted's port accepts up to C{numberAccepts} connections per wake-up
-    (a number it grows under load), so pausing the port when the limit is
-    reached would overshoot it by a batch: the batch is capped instead.
-    Its accept-error events (EMFILE recovery, failed accepts) are logged
-    through the guard's rate limiter rather than once per connection.
-
-    @ivar guard: set by L{GuardingReactor} before the port starts listening.
-    """
-
-    guard: Guard
-    numberAccepts: int
-    backoff = 0.25
-    _backingOff = False
-
-    def doRead(self) -> None:
-        room = self.guard.registry.room()
-        if room <= 0:
-            self.stopReading()  # type: ignore[attr-defined]
-            return
-        if self.numberAccepts > room:
-            self.numberAccepts = room
-        super().doRead()  # type: ignore[misc]
-
-    def maybeResumeAccepting(self) -> None:
-        """
-        Accept again, unless stopping, backing off, or out of room.
-        """
-        if (
-            self.connected  # type: ignore[attr-defined]
-            and not self.disconnecting  # type: ignore[attr-defined]
-            and not self._backingOff
-            and self.guard.registry.room() > 0
-        ):
-            self.startReading()  # type: ignore[attr-defined]
-
-    def _observeAccept(self, event: dict[str, Any]) -> None:
-        """
-        Twisted's port logs accept trouble here (see L{tcp._accept}).
-        """
-        text = event.get("log_format") or ""
-        if text.startswith("EMFILE recovery: Closed socket"):
-            self.guard.rejected[DESCRIPTORS_EXHAUSTED] = (
-                self.guard.rejected.get(DESCRIPTORS_EXHAUSTED, 0) + 1
-            )
-        elif text.startswith("Could not accept"):
-            # Nothing was accepted and the listening socket stays readable:
-            # without a pause the reactor would call doRead in a busy loop.
-            self._backingOff = True
-            self.stopReading()  # type: ignore[attr-defined]
-            self.guard.clock.callLater(self.backoff, self._endBackoff)
-        self.guard.warnings.emit(
-            "accept:" + text[:24],
-            LogLevel.warn,
-            "accepting connections on {listener}: " + text,
-            listener=str(self.getHost()),  # type: ignore[attr-defined]
-            **{k: v for k, v in event.items() if not k.startswith("log_")},
-        )
-
-    def _endBackoff(self) -> None:
-        self._backingOff = False
-        self.maybeResumeAccepting()
-
-    def startListening(self) -> None:
-        observer = cast(ILogObserver, self._observeAccept)
-        self._logger = Logger(namespace="myserver.guard", observer=observer)
-        super().startListening()  # type: ignore[misc]
-        self.guard.registry.addPort(self)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.guard.registry.removePort(self)
-        super().connectionLost(reason)  # type: ignore[misc]
-
-
-class GuardedTCPPort(GuardedPort, tcp.Port):
-    """
-    A TCP listening port whose connections are L{GuardedServer}s.
-    """
-
-    transport = GuardedServer
-
-
-class GuardedUNIXPort(GuardedPort, unix.Port):
-    """
-    A UNIX-domain listening port whose connections are L{GuardedUNIXServer}s.
-    """
-
-    transport = GuardedUNIXServer
-
-
-class GuardingReactor:
-    """
-    A reactor for C{serverFromString} that makes guarded ports.
-
-    Every other attribute is the real reactor's, so endpoint parsers and
-    endpoints behave exactly as they do with it.  Twisted's own C{listenSSL}
-    and C{adoptStreamPort} build their ports internally; here they are
-    spelled out so that TLS and adopted (systemd) sockets get guarded ports
-    too.
-    """
-
-    def __init__(self, reactor: Any, guard: Guard) -> None:
-        self._reactor = reactor
-        self._guard = guard
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
-
-    def _admitting(self, factory: IProtocolFactory) -> Any:
-        if self._guard.admission.active:
-            return AdmittingFactory(factory, self._guard)
-        return factory
-
-    def _start(self, port: Any) -> IListeningPort:
-        port.guard = self._guard
-        port.startListening()
-        listening: IListeningPort = port
-        return listening
-
-    def listenTCP(
-        self,
-        port: int,
-        factory: IProtocolFactory,
-        backlog: int = 50,
-        interface: str = "",
-    ) -> IListeningPort:
-        return self._start(
-            GuardedTCPPort(
-                port, self._admitting(factory), backlog, interface, self._reactor
-            )
-        )
-
-    def listenUNIX(
-        self,
-        address: Any,
-        factory: IProtocolFactory,
-        backlog: int = 50,
-        mode: int = 0o666,
-        wantPID: int = 0,
-    ) -> IListeningPort:
-        return self._start(
-            GuardedUNIXPort(
-                address, self._admitting(factory), backlog, mode, self._reactor, wantPID
-            )
-        )
-
-    def listenSSL(
-        self,
-        port: int,
-        factory: IProtocolFactory,
-        contextFactory: Any,
-        backlog: int = 50,
-        interface: str = "",
-    ) -> IListeningPort:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
-        tlsFactory = TLSMemoryBIOFactory(contextFactory, False, factory)
-        listening = self.listenTCP(port, tlsFactory, backlog, interface)
-        listening._type = "TLS"  # type: ignore[attr-defined]
-        return listening
-
-    def adoptStreamPort(
-        self, fileDescriptor: int, addressFamily: int, factory: IProtocolFactory
-    ) -> IListeningPort:
-        if addressFamily == socket.AF_UNIX:
-            port = GuardedUNIXPort._fromListeningDescriptor(
-                self._reactor, fileDescriptor, self._admitting(factory)
-            )
-        elif addressFamily in (socket.AF_INET, socket.AF_INET6):
-            port = GuardedTCPPort._fromListeningDescriptor(
-                self._reactor, fileDescriptor, addressFamily, self._admitting(factory)
-            )
-        else:
-            from twisted.internet.error import UnsupportedAddressFamily
-
-            raise UnsupportedAddressFamily(addressFamily)
-        return self._start(port)

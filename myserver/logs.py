@@ -115,10 +115,19 @@ class RateLimitedLog:
         self._lastEmitted: dict[str, float] = {}
         self.suppressed: dict[str, int] = {}
 
-    def emit(self, key: str, level: LogLevel, format: str, **fields: Any) -> None:
+    def emit(
+        self,
+        key: str,
+        level: LogLevel,
+        format: str,
+        failure: Failure | None = None,
+        **fields: Any,
+    ) -> None:
         """
         Emit unless an event with the same C{key} was emitted less than
         C{interval} seconds ago.
+
+        @param failure: attached to the event (its traceback is logged).
         """
         now = self._clock.seconds()
         last = self._lastEmitted.get(key)
@@ -129,6 +138,8 @@ class RateLimitedLog:
         held = self.suppressed.pop(key, 0)
         if held:
             format += " ({suppressed} more like this in the last {interval:g}s)"
+        if failure is not None:
+            fields["log_failure"] = failure
         self._logger.emit(
             level, format, suppressed=held, interval=self._interval, **fields
         )

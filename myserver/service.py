@@ -25,8 +25,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from myserver.config import Listener
-from myserver.guard import Guard, GuardedPort, GuardedServer, GuardingReactor
+from myserver.guard import Guard, GuardedServer
 from myserver.interfaces import IConnectionRegistry
+from myserver.ports import GuardedPort, GuardingReactor
 
 log = Logger(namespace="myserver")
 
@@ -246,13 +247,13 @@ class ServerService(MultiService):
         registry: ConnectionRegistry,
         shutdownTimeout: float,
         clock: Any,
-        guard: Guard | None = None,
+        guards: list[Guard] | None = None,
     ) -> None:
         super().__init__()
         self.registry = registry
         self.shutdownTimeout = shutdownTimeout
         self.clock = clock
-        self.guard = guard
+        self.guards = guards or []
 
     def privilegedStartService(self) -> None:
         raiseDescriptorLimit()
@@ -260,13 +261,18 @@ class ServerService(MultiService):
 
     def startService(self) -> None:
         super().startService()
-        if self.guard is not None and self.guard.idleTimeout > 0:
+        timeouts = [g.idleTimeout for g in self.guards if g.idleTimeout > 0]
+        if timeouts:
             # Activity is noticed at the next sweep, so a connection is
             # closed between idle_timeout and idle_timeout + interval.
-            interval = min(5.0, self.guard.idleTimeout / 4)
-            self._sweeper = LoopingCall(self.guard.sweepIdle)
+            self._sweeper = LoopingCall(self.sweepIdle)
             self._sweeper.clock = self.clock
-            self._sweeper.start(interval, now=False)
+            self._sweeper.start(min(5.0, min(timeouts) / 4), now=False)
+
+    def sweepIdle(self) -> None:
+        for guard in self.guards:
+            if guard.idleTimeout > 0:
+                guard.sweepIdle()
 
     def stopService(self) -> Deferred[None]:
         self.draining = True

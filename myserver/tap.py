@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from myserver.config import SETTINGS, Config, ConfigError, load, render
+from myserver.config import SETTINGS, Config, ConfigError, Listener, load, render
 
 # Repeatable options, spelled with opt_ methods.
 _LISTS = ("allow", "deny")
@@ -59,9 +60,24 @@ class Options(usage.Options):
     def opt_listen(self, endpoint: str) -> None:
         """
         Endpoint to listen on (repeatable), e.g. tcp:27015,
-        tcp6:27015:interface=\\:\\:1, unix:/run/myserver.sock.
+        tcp6:27015:interface=\\:\\:1, unix:/run/myserver.sock;
+        PROTOCOL=ENDPOINT serves another protocol there, e.g.
+        chargen=tcp:27019.
         """
-        self["listen"].append(endpoint)
+        self["listen"].append({"text": endpoint, "options": {}})
+
+    def opt_option(self, assignment: str) -> None:
+        """
+        KEY=VALUE option for the protocol of the --listen before it
+        (repeatable); VALUE is read as TOML (72, true, "text") or else
+        taken as text.
+        """
+        key, equals, text = assignment.partition("=")
+        if not equals or not key.strip():
+            raise usage.UsageError(f"--option {assignment!r}: expected KEY=VALUE")
+        if not self["listen"]:
+            raise usage.UsageError(f"--option {assignment!r}: no --listen before it")
+        self["listen"][-1]["options"][key.strip()] = _tomlValue(text)
 
     def opt_allow(self, networks: str) -> None:
         """
@@ -92,16 +108,21 @@ class Options(usage.Options):
             raise SystemExit(0)
         cli = {s.name: self[s.flag[2:]] for s in SETTINGS if s.name not in _LISTS}
         cli["config"] = self["config"]
-        for name in ("listen", *_LISTS):
+        for name in _LISTS:
             cli[name] = self[name] or None
+        cli["listen"] = [_listenerTable(given) for given in self["listen"]] or None
         try:
             self.config = load(cli, os.environ, discovery.protocols)
+            for listener in self.config.listen:
+                if listener.protocol in discovery.problems:
+                    raise ConfigError(discovery.problems[listener.protocol])
             self.factories = [
                 _buildFactory(discovery.protocols[listener.protocol], listener)
                 for listener in self.config.listen
             ]
         except ConfigError as e:
             _fail(str(e))
+        self.pluginProblems = sorted(discovery.problems.values())
         if self["check-config"]:
             sys.stdout.write(render(self.config))
             raise SystemExit(0)
@@ -125,6 +146,34 @@ class Options(usage.Options):
         twistd["logger"] = prepare(
             self.config.log_level, self.config.log_format, stream
         )
+
+
+def _tomlValue(text: str) -> Any:
+    """
+    A command-line option value: a TOML value if it parses as one, else
+    the text itself.
+    """
+    import tomllib
+
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _listenerTable(given: dict[str, Any]) -> Any:
+    """
+    A --listen and its --options, as the configuration's listener table
+    (or plain string, when it has no options).
+    """
+    if not given["options"]:
+        return given["text"]
+    head, colon, _ = given["text"].partition(":")
+    protocol, endpoint = "", given["text"]
+    if colon and "=" in head:
+        protocol, _, endpoint = given["text"].partition("=")
+    table = {"endpoint": endpoint, "options": given["options"]}
+    return table | ({"protocol": protocol} if protocol else {})
 
 
 def _openLog(path: str) -> Any:
@@ -164,31 +213,46 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    from myserver.guard import Admission, Guard
+    from myserver.admission import Admission
+    from myserver.guard import Guard
     from myserver.service import (
         ConnectionRegistry,
         ListenerService,
         ServerService,
         StopOnSignals,
+        log,
     )
 
     config = options.config
     registry = ConnectionRegistry(
         config.max_connections, logConnections=config.log_level == "debug"
     )
-    admission = Admission(
-        config.allow,
-        config.deny,
-        config.max_connections_per_ip,
-        config.ipv4_prefix,
-        config.ipv6_prefix,
-    )
-    guard = Guard(
-        config.max_write_buffer, registry, reactor, config.idle_timeout, admission
-    )
-    server = ServerService(registry, config.shutdown_timeout, reactor, guard)
+    guards = []
+    listeners = []
     for listener, factory in zip(config.listen, options.factories, strict=True):
-        ListenerService(listener, factory, guard, reactor).setServiceParent(server)
+        setting = partial(_setting, config, listener)
+        guard = Guard(
+            registry,
+            reactor,
+            protocolName=listener.protocol,
+            maxWriteBuffer=setting("max_write_buffer"),
+            idleTimeout=setting("idle_timeout"),
+            maxConnections=listener.settings.get("max_connections", 0),
+            admission=Admission(
+                setting("allow"),
+                setting("deny"),
+                setting("max_connections_per_ip"),
+                setting("ipv4_prefix"),
+                setting("ipv6_prefix"),
+            ),
+        )
+        guards.append(guard)
+        listeners.append(ListenerService(listener, factory, guard, reactor))
+    server = ServerService(registry, config.shutdown_timeout, reactor, guards)
+    for service in listeners:
+        service.setServiceParent(server)
+    for problem in getattr(options, "pluginProblems", ()):
+        log.warn("ignoring a protocol plugin: {problem}", problem=problem)
 
     root = _Root()
     server.setServiceParent(root)
@@ -196,3 +260,10 @@ def makeService(options: Options) -> IService:
         # Under twistd: own SIGTERM/SIGINT, so that a drain exits with 0.
         StopOnSignals(reactor, server).setServiceParent(root)
     return root
+
+
+def _setting(config: Config, listener: Listener, name: str) -> Any:
+    """
+    A listener's own value for a setting, or else the server-wide one.
+    """
+    return listener.settings.get(name, getattr(config, name))

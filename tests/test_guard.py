@@ -107,7 +107,12 @@ class ServingTestCase(TestCase):
     @inlineCallbacks
     def serve(self, factory: Factory) -> Any:
         self.registry = ConnectionRegistry()
-        self.guard = Guard(self.maxWriteBuffer, self.registry, reactor)
+        self.guard = Guard(
+            self.registry,
+            reactor,
+            protocolName="test",
+            maxWriteBuffer=self.maxWriteBuffer,
+        )
         self.server = ServerService(self.registry, 30.0, reactor)
         self.listener = ListenerService(
             Listener(LOOPBACK, "test"), factory, self.guard, reactor

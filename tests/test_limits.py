@@ -12,7 +12,7 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from myserver.guard import Admission
+from myserver.admission import Admission
 from tests.support import ServerProcess, assertNoTraceback, echoOnce
 
 
