@@ -16,9 +16,12 @@ class IProtocolPlugin(Interface):
     """
     A named protocol that myserver can serve on a listener.
 
-    Plugins are found by name: C{--protocol NAME} on the command line,
-    C{MYSERVER_PROTOCOL=NAME} in the environment, C{protocol = "NAME"} in the
-    TOML file or in one of its C{[[listen]]} tables.
+    Plugins are found by name: C{--protocol NAME} or C{--listen
+    NAME=ENDPOINT} on the command line, C{MYSERVER_PROTOCOL=NAME} in the
+    environment, C{protocol = "NAME"} in the TOML file or in one of its
+    C{[[listen]]} tables.  Every plugin found is checked with
+    L{zope.interface.verify.verifyObject} at start-up; names must be unique.
+    See docs/plugins.md for a complete example.
     """
 
     name = Attribute("Unique short name (str) by which operators select this protocol.")
@@ -31,8 +34,10 @@ class IProtocolPlugin(Interface):
         Called once per listener at start-up, never per connection.
 
         @param options: The listener's own options: the C{[listen.options]}
-            table of its C{[[listen]]} entry in the TOML file, or an empty
-            mapping.  Read-only.
+            table of its C{[[listen]]} entry in the TOML file, or the
+            C{--option KEY=VALUE} arguments that follow its C{--listen} on
+            the command line (VALUE read as TOML, else as text), or an
+            empty mapping.  Read-only.
         @type options: L{typing.Mapping} of L{str} to TOML values
 
         @return: an L{twisted.internet.interfaces.IProtocolFactory} whose

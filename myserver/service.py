@@ -189,7 +189,6 @@ class ListenerService(Service):
         self.factory = factory
         self.guard = guard
         self.reactor = reactor
-        self.name = listener.endpoint
         self._failure: Failure | None = None
 
     def privilegedStartService(self) -> None:

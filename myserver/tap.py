@@ -112,7 +112,8 @@ class Options(usage.Options):
             cli[name] = self[name] or None
         cli["listen"] = [_listenerTable(given) for given in self["listen"]] or None
         try:
-            self.config = load(cli, os.environ, discovery.protocols)
+            known = discovery.protocols.keys() | discovery.problems.keys()
+            self.config = load(cli, os.environ, known)
             for listener in self.config.listen:
                 if listener.protocol in discovery.problems:
                     raise ConfigError(discovery.problems[listener.protocol])
