@@ -74,6 +74,8 @@ class Config:
     deny: tuple[Network, ...] = ()
     idle_timeout: float = 300.0
     max_write_buffer: int = 1024 * 1024
+    datagram_rate: float = 10.0
+    datagram_burst: int = 20
     shutdown_timeout: float = 25.0
     log_level: str = "info"
     log_format: str = "text"
@@ -137,6 +139,24 @@ def _count(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
         return number
 
     return parseCount
+
+
+def _positive(value: object) -> float:
+    """
+    A positive, finite number.
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("expected a number such as 10 or 0.5") from None
+    else:
+        raise ValueError("expected a number such as 10 or 0.5")
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("must be a positive number")
+    return number
 
 
 def parseNetworks(value: object) -> tuple[Network, ...]:
@@ -248,6 +268,16 @@ SETTINGS: tuple[Setting, ...] = (
         "reading from that client until they drain.",
     ),
     Setting(
+        "datagram_rate",
+        _positive,
+        "UDP listeners: datagrams per second answered per source address.",
+    ),
+    Setting(
+        "datagram_burst",
+        _count(1),
+        "UDP listeners: datagrams a source may send at once before its rate applies.",
+    ),
+    Setting(
         "shutdown_timeout",
         parseDuration,
         "Seconds open connections get to finish after SIGTERM/SIGINT.",
@@ -266,6 +296,8 @@ PER_LISTENER = (
     "deny",
     "idle_timeout",
     "max_write_buffer",
+    "datagram_rate",
+    "datagram_burst",
 )
 KNOWN_KEYS = frozenset(_BY_NAME) | {"listen"}
 

@@ -88,3 +88,23 @@ class IConnectionRegistry(Interface):
         """
         A connection closed, for C{reason} (a L{twisted.python.failure.Failure}).
         """
+
+
+class IDatagramPlugin(Interface):
+    """
+    A protocol plugin that also serves datagrams: C{udp:PORT} listeners.
+
+    Provided beside L{IProtocolPlugin} by plugins whose protocol has a UDP
+    form (echo, daytime and time do; chargen does not).  The server applies
+    its per-source rate limit and its allow/deny networks before the
+    protocol sees a datagram.
+    """
+
+    def buildDatagramProtocol(options):  # type: ignore[no-untyped-def]
+        """
+        Build the L{twisted.internet.protocol.DatagramProtocol} for one
+        C{udp:} listener, given that listener's options (as for
+        L{IProtocolPlugin.buildFactory}).
+
+        @raise ValueError: if C{options} is not acceptable.
+        """

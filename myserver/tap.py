@@ -9,7 +9,7 @@ import sys
 from functools import partial
 from typing import Any, NoReturn
 
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.python import usage
 
 from myserver.config import SETTINGS, Config, ConfigError, Listener, load, render
@@ -183,9 +183,20 @@ def _openLog(path: str) -> Any:
     return LogFile.fromFullPath(path, rotateLength=None)
 
 
-def _buildFactory(plugin: Any, listener: Any) -> Any:
+def _buildFactory(plugin: Any, listener: Listener) -> Any:
+    """
+    The listener's protocol factory, or for a datagram listener its
+    datagram protocol; a plugin's complaint about its options is a
+    configuration error.
+    """
+    from myserver.interfaces import IDatagramPlugin
+
     try:
-        return plugin.buildFactory(listener.options)
+        if not listener.isDatagram:
+            return plugin.buildFactory(listener.options)
+        if not IDatagramPlugin.providedBy(plugin):
+            raise ValueError("this protocol has no datagram (UDP) form")
+        return plugin.buildDatagramProtocol(listener.options)
     except (ValueError, TypeError) as e:
         raise ConfigError(
             f"listener {listener.endpoint} ({listener.protocol}): {e}"
@@ -215,6 +226,11 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     from myserver.admission import Admission
+    from myserver.datagram import (
+        DatagramListenerService,
+        GuardedDatagramProtocol,
+        SourceRateLimit,
+    )
     from myserver.guard import Guard
     from myserver.service import (
         ConnectionRegistry,
@@ -229,9 +245,25 @@ def makeService(options: Options) -> IService:
         config.max_connections, logConnections=config.log_level == "debug"
     )
     guards = []
-    listeners = []
+    listeners: list[Service] = []
     for listener, factory in zip(config.listen, options.factories, strict=True):
         setting = partial(_setting, config, listener)
+        admission = Admission(
+            setting("allow"),
+            setting("deny"),
+            setting("max_connections_per_ip"),
+            setting("ipv4_prefix"),
+            setting("ipv6_prefix"),
+        )
+        if listener.isDatagram:
+            limit = SourceRateLimit(
+                reactor, setting("datagram_rate"), setting("datagram_burst")
+            )
+            guarded = GuardedDatagramProtocol(
+                factory, listener.protocol, admission, limit, reactor
+            )
+            listeners.append(DatagramListenerService(listener, guarded, reactor))
+            continue
         guard = Guard(
             registry,
             reactor,
@@ -239,13 +271,7 @@ def makeService(options: Options) -> IService:
             maxWriteBuffer=setting("max_write_buffer"),
             idleTimeout=setting("idle_timeout"),
             maxConnections=listener.settings.get("max_connections", 0),
-            admission=Admission(
-                setting("allow"),
-                setting("deny"),
-                setting("max_connections_per_ip"),
-                setting("ipv4_prefix"),
-                setting("ipv6_prefix"),
-            ),
+            admission=admission,
         )
         guards.append(guard)
         listeners.append(ListenerService(listener, factory, guard, reactor))

@@ -21,7 +21,7 @@ from signal import SIGTERM
 from typing import Any
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
-_LISTENING = re.compile(r"listening on (tcp6?):\[?([^\]\s]+?)\]?:(\d+) ")
+_LISTENING = re.compile(r"listening on (tcp6?|udp6?):\[?([^\]\s]+?)\]?:(\d+) ")
 
 
 def twistdCommand() -> list[str]:

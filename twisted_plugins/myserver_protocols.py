@@ -11,4 +11,5 @@ echo = BuiltinProtocol(
     "echo",
     "RFC 862 echo: every byte comes back, in order, to the client that sent it",
     "myserver.protocols.echo",
+    datagram=True,
 )

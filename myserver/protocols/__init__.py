@@ -7,10 +7,11 @@ from importlib import import_module
 from typing import Any
 
 from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.protocol import DatagramProtocol
 from twisted.plugin import IPlugin
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
-from myserver.interfaces import IProtocolPlugin
+from myserver.interfaces import IDatagramPlugin, IProtocolPlugin
 
 
 @implementer(IPlugin, IProtocolPlugin)
@@ -24,14 +25,31 @@ class BuiltinProtocol:
         function.
     """
 
-    def __init__(self, name: str, description: str, module: str) -> None:
+    def __init__(
+        self, name: str, description: str, module: str, datagram: bool = False
+    ) -> None:
+        """
+        @param datagram: whether the module also has a
+            C{buildDatagramProtocol(options)}, making this plugin provide
+            L{IDatagramPlugin} too.
+        """
         self.name = name
         self.description = description
         self.module = module
+        if datagram:
+            alsoProvides(self, IDatagramPlugin)
 
     def buildFactory(self, options: Mapping[str, Any]) -> IProtocolFactory:
         factory: IProtocolFactory = import_module(self.module).buildFactory(options)
         return factory
+
+    def buildDatagramProtocol(self, options: Mapping[str, Any]) -> DatagramProtocol:
+        if not IDatagramPlugin.providedBy(self):
+            raise ValueError(f"{self.name} has no datagram (UDP) form")
+        protocol: DatagramProtocol = import_module(self.module).buildDatagramProtocol(
+            options
+        )
+        return protocol
 
     def __repr__(self) -> str:
         return f"<BuiltinProtocol {self.name!r} from {self.module}>"

@@ -1,5 +1,6 @@
 """
-Echo (RFC 862): every byte received is sent back, in order.
+Echo (RFC 862): every byte received is sent back, in order; over UDP, each
+datagram is sent back to its source, unchanged (never larger).
 
 The protocol is the textbook one plus L{IHalfCloseableProtocol}: when the
 client shuts down its sending side, whatever is still queued is delivered
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from zope.interface import implementer
 
 
@@ -46,3 +47,20 @@ def buildFactory(options: Mapping[str, Any]) -> Factory[Echo]:
     factory = Factory.forProtocol(Echo)
     factory.noisy = False
     return factory
+
+
+class EchoDatagram(DatagramProtocol):
+    """
+    UDP echo: each datagram goes back to where it came from, as it was.
+    """
+
+    noisy = False
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.transport.write(datagram, addr)  # type: ignore[union-attr]
+
+
+def buildDatagramProtocol(options: Mapping[str, Any]) -> EchoDatagram:
+    if options:
+        raise ValueError(f"echo takes no options, got {', '.join(sorted(options))}")
+    return EchoDatagram()

@@ -1,0 +1,112 @@
+"""
+UDP listeners: off by default, rate-limited per source, exact.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from myserver.datagram import RATE_LIMITED, TOO_MANY_SOURCES, SourceRateLimit
+from tests.support import ServerProcess, assertNoTraceback, run
+
+UDP_LOOPBACK = "udp:0:interface=127.0.0.1"
+
+
+class SourceRateLimitTests(TestCase):
+    """
+    The token bucket, on a fake clock.
+    """
+
+    def test_burstThenRate(self) -> None:
+        clock = Clock()
+        limit = SourceRateLimit(clock, rate=2, burst=3)
+        self.assertEqual(
+            [limit.allow("a") for _ in range(4)], [None] * 3 + [RATE_LIMITED]
+        )
+        self.assertIsNone(limit.allow("b"))
+        clock.advance(0.5)
+        self.assertIsNone(limit.allow("a"))
+        self.assertEqual(limit.allow("a"), RATE_LIMITED)
+        clock.advance(10)
+        self.assertEqual(
+            [limit.allow("a") for _ in range(4)], [None] * 3 + [RATE_LIMITED]
+        )
+
+    def test_sourcesBounded(self) -> None:
+        """
+        The table of sources never grows past its bound: a flood of new
+        (forged) sources is refused until old entries have refilled.
+        """
+        clock = Clock()
+        limit = SourceRateLimit(clock, rate=1, burst=2, maxSources=3)
+        for source in "abc":
+            self.assertIsNone(limit.allow(source))
+        self.assertEqual(limit.allow("d"), TOO_MANY_SOURCES)
+        clock.advance(2)
+        self.assertIsNone(limit.allow("d"))
+        self.assertLessEqual(len(limit._buckets), 3)
+
+
+def exchange(port: int, payloads: list[bytes], wait: float = 1.0) -> list[bytes | None]:
+    """
+    Send each datagram and wait for its answer (None: no answer in time).
+    """
+    answers: list[bytes | None] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(wait)
+        for payload in payloads:
+            sock.sendto(payload, ("127.0.0.1", port))
+            try:
+                answers.append(sock.recvfrom(65535)[0])
+            except TimeoutError:
+                answers.append(None)
+    return answers
+
+
+class DatagramServiceTests(TestCase):
+    """
+    udp: listeners on a real server.
+    """
+
+    def test_echoExact(self) -> None:
+        """
+        Each datagram comes back unchanged, never larger, to its sender.
+        """
+        payloads = [b"", b"x", bytes(range(256)), b"y" * 8000]
+        with ServerProcess("--listen", UDP_LOOPBACK) as server:
+            self.assertEqual(exchange(server.port, payloads), payloads)
+            self.assertEqual(server.stop(), 0)
+        assertNoTraceback(self, server.output)
+
+    def test_rateLimited(self) -> None:
+        """
+        Past its burst, a source is answered at its rate; the rest is
+        dropped, counted and logged once.
+        """
+        with ServerProcess(
+            "--listen", UDP_LOOPBACK, "--datagram-rate", "0.1", "--datagram-burst", "5"
+        ) as server:
+            answers = exchange(server.port, [b"%d" % i for i in range(12)], wait=0.3)
+            self.assertEqual(answers[:5], [b"0", b"1", b"2", b"3", b"4"])
+            self.assertEqual(answers[5:], [None] * 7)
+            self.assertEqual(server.stop(), 0)
+        self.assertEqual(server.output.count("rate_limited"), 1)
+
+    def test_denyApplies(self) -> None:
+        with ServerProcess("--listen", UDP_LOOPBACK, "--deny", "127.0.0.1") as server:
+            self.assertEqual(exchange(server.port, [b"hello"], wait=0.5), [None])
+            self.assertEqual(server.stop(), 0)
+        self.assertIn("dropped a datagram from 127.0.0.1: deny", server.output)
+
+    def test_streamOnlyProtocolRefused(self) -> None:
+        """
+        A protocol with no datagram form cannot be served on udp:.
+        """
+        result = run("--listen", "upper=udp:0", env={})
+        self.assertEqual(result.returncode, 2)
+        result = run("--listen", "udp:notaport")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("udp:notaport", result.stderr)
