@@ -97,6 +97,33 @@ class Guard:
         self.idleClosed = 0
         self.warnings = RateLimitedLog(log, clock)
 
+    def reconfigure(
+        self,
+        maxWriteBuffer: int,
+        idleTimeout: float,
+        maxConnections: int,
+        admission: Admission,
+    ) -> None:
+        """
+        Apply new settings without closing anything: open connections get
+        the new write-buffer mark, the per-address counts are rebuilt under
+        the new prefixes, and a listener given more room accepts again.
+        """
+        self.maxWriteBuffer = maxWriteBuffer
+        self.idleTimeout = idleTimeout
+        self.maxConnections = maxConnections
+        counts: dict[tuple[int, int], int] = {}
+        for connection in self.connections:
+            connection.maxWriteBuffer = maxWriteBuffer
+            host = hostOf(connection.getPeer()) if admission.maxPerAddress else None
+            key = connection.addressKey = admission.addressKey(host) if host else None
+            if key is not None:
+                counts[key] = counts.get(key, 0) + 1
+        admission.openByAddress = counts
+        self.admission = admission
+        for port in list(self.ports):
+            port.maybeResumeAccepting()
+
     def room(self) -> int:
         """
         How many more connections this listener may accept now.

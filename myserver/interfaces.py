@@ -108,3 +108,20 @@ class IDatagramPlugin(Interface):
 
         @raise ValueError: if C{options} is not acceptable.
         """
+
+
+class IReloadable(Interface):
+    """
+    Something that loaded material from disk at start-up (a TLS certificate
+    and key, say) and can load it again when the server is told to reload
+    (SIGHUP).
+    """
+
+    def reload():  # type: ignore[no-untyped-def]
+        """
+        Load the material again.  What is already in use (open connections)
+        is untouched; what starts afterwards uses the new material.
+
+        @raise Exception: if the new material is unusable; the old material
+            then stays in force.
+        """

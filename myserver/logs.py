@@ -76,7 +76,22 @@ def makeObserver(level: str, format: str, stream: IO[str] | None = None) -> Any:
     out = stream if stream is not None else sys.stdout
     base = JSONLinesObserver(out) if format == "json" else textFileLogObserver(out)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    _levels[:] = [predicate]
     return FilteringLogObserver(base, [predicate])
+
+
+_levels: list[LogLevelFilterPredicate] = []
+
+
+def setLevel(level: str) -> bool:
+    """
+    Change the level of the observer built by L{makeObserver}, in place.
+
+    @return: whether there was one to change.
+    """
+    for predicate in _levels:
+        predicate.setLogLevelForNamespace("", LogLevel.levelWithName(level))
+    return bool(_levels)
 
 
 _prepared: list[Any] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import signal
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -26,7 +27,7 @@ from zope.interface import implementer
 
 from myserver.config import Listener
 from myserver.guard import Guard, GuardedServer
-from myserver.interfaces import IConnectionRegistry
+from myserver.interfaces import IConnectionRegistry, IReloadable
 from myserver.ports import GuardedPort, GuardingReactor
 
 log = Logger(namespace="myserver")
@@ -179,6 +180,7 @@ class ListenerService(Service):
     """
 
     port: IListeningPort | None = None
+    endpoint: Any = None
 
     def __init__(
         self,
@@ -196,7 +198,7 @@ class ListenerService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.port is None and self._failure is None:
-            endpoint = serverFromString(
+            endpoint = self.endpoint = serverFromString(
                 GuardingReactor(self.reactor, self.guard), self.listener.endpoint
             )
             endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
@@ -242,6 +244,7 @@ class ServerService(MultiService):
     draining = False
 
     _sweeper: LoopingCall | None = None
+    reconfigure: Callable[[], object] | None = None
 
     def __init__(
         self,
@@ -262,6 +265,9 @@ class ServerService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self._startSweeping()
+
+    def _startSweeping(self) -> None:
         timeouts = [g.idleTimeout for g in self.guards if g.idleTimeout > 0]
         if timeouts:
             # Activity is noticed at the next sweep, so a connection is
@@ -305,6 +311,39 @@ class ServerService(MultiService):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
 
+    def reload(self) -> None:
+        """
+        Apply the configuration as it now reads (C{reconfigure}, set by
+        whoever built the server), then reload what each listener loaded
+        from disk (L{IReloadable} endpoints: TLS material).  Nothing here
+        closes a connection; whatever fails is logged and the running
+        state stays in force.
+        """
+        if self.reconfigure is not None:
+            self.reconfigure()
+        for service in self:
+            endpoint = getattr(service, "endpoint", None)
+            if IReloadable.providedBy(endpoint):
+                try:
+                    endpoint.reload()
+                except Exception as e:
+                    log.error(
+                        "reload of {endpoint} refused, still using what it "
+                        "had: {error}",
+                        endpoint=service.listener.endpoint,
+                        error=" ".join(str(e).split()) or type(e).__name__,
+                    )
+                else:
+                    log.info("reloaded {endpoint}", endpoint=service.listener.endpoint)
+
+    def restartSweeper(self) -> None:
+        """
+        Sweep at the interval the guards' idle timeouts now call for.
+        """
+        self._stopSweeping()
+        if self.running:
+            self._startSweeping()
+
     def abortAll(self) -> None:
         """
         End the drain now: abort every connection still open.
@@ -322,7 +361,8 @@ class StopOnSignals(Service):
     SIGTERM and SIGINT stop the reactor (and so drain the server) without
     asking twistd to re-raise the signal at exit: the process ends with
     status 0, as gunicorn, uvicorn and HAProxy do.  A second signal during
-    the drain aborts what is left at once.
+    the drain aborts what is left at once.  SIGHUP reloads (see
+    L{ServerService.reload}).
     """
 
     def __init__(self, reactor: Any, server: ServerService) -> None:
@@ -337,7 +377,7 @@ class StopOnSignals(Service):
         self.reactor.callWhenRunning(self._install)
 
     def _install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._onSignal)
 
     def _onSignal(self, signum: int, frame: FrameType | None) -> None:
@@ -345,6 +385,10 @@ class StopOnSignals(Service):
         self.reactor.callFromThread(self._handle, signal.Signals(signum).name)
 
     def _handle(self, name: str) -> None:
+        if name == "SIGHUP":
+            log.info("received SIGHUP: reloading")
+            self.server.reload()
+            return
         self._received += 1
         if self._received == 1:
             log.info("received {signal}: stopping", signal=name)

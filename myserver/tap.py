@@ -114,6 +114,7 @@ class Options(usage.Options):
         try:
             known = discovery.protocols.keys() | discovery.problems.keys()
             self.config = load(cli, os.environ, known)
+            self.cli, self.knownProtocols = cli, known
             for listener in self.config.listen:
                 if listener.protocol in discovery.problems:
                     raise ConfigError(discovery.problems[listener.protocol])
@@ -225,13 +226,13 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    from myserver.admission import Admission
     from myserver.datagram import (
         DatagramListenerService,
         GuardedDatagramProtocol,
         SourceRateLimit,
     )
     from myserver.guard import Guard
+    from myserver.reload import Reconfigure, admissionFor, listenerSetting
     from myserver.service import (
         ConnectionRegistry,
         ListenerService,
@@ -245,23 +246,22 @@ def makeService(options: Options) -> IService:
         config.max_connections, logConnections=config.log_level == "debug"
     )
     guards = []
+    targets: list[Any] = []
     listeners: list[Service] = []
     for listener, factory in zip(config.listen, options.factories, strict=True):
-        setting = partial(_setting, config, listener)
-        admission = Admission(
-            setting("allow"),
-            setting("deny"),
-            setting("max_connections_per_ip"),
-            setting("ipv4_prefix"),
-            setting("ipv6_prefix"),
-        )
+        setting = partial(listenerSetting, config, listener)
         if listener.isDatagram:
             limit = SourceRateLimit(
                 reactor, setting("datagram_rate"), setting("datagram_burst")
             )
             guarded = GuardedDatagramProtocol(
-                factory, listener.protocol, admission, limit, reactor
+                factory,
+                listener.protocol,
+                admissionFor(config, listener),
+                limit,
+                reactor,
             )
+            targets.append(guarded)
             listeners.append(DatagramListenerService(listener, guarded, reactor))
             continue
         guard = Guard(
@@ -271,15 +271,25 @@ def makeService(options: Options) -> IService:
             maxWriteBuffer=setting("max_write_buffer"),
             idleTimeout=setting("idle_timeout"),
             maxConnections=listener.settings.get("max_connections", 0),
-            admission=admission,
+            admission=admissionFor(config, listener),
         )
         guards.append(guard)
+        targets.append(guard)
         listeners.append(ListenerService(listener, factory, guard, reactor))
     server = ServerService(registry, config.shutdown_timeout, reactor, guards)
     for service in listeners:
         service.setServiceParent(server)
     for problem in getattr(options, "pluginProblems", ()):
         log.warn("ignoring a protocol plugin: {problem}", problem=problem)
+    if hasattr(options, "cli"):
+        server.reconfigure = Reconfigure(
+            options.cli,
+            options.knownProtocols,
+            config,
+            server,
+            targets,
+            lambda: os.environ,
+        )
 
     root = _Root()
     server.setServiceParent(root)
@@ -287,10 +297,3 @@ def makeService(options: Options) -> IService:
         # Under twistd: own SIGTERM/SIGINT, so that a drain exits with 0.
         StopOnSignals(reactor, server).setServiceParent(root)
     return root
-
-
-def _setting(config: Config, listener: Listener, name: str) -> Any:
-    """
-    A listener's own value for a setting, or else the server-wide one.
-    """
-    return listener.settings.get(name, getattr(config, name))

@@ -1,0 +1,130 @@
+"""
+Reloading the configuration on SIGHUP, as nginx and HAProxy do.
+
+The TOML file and the environment are read again and validated exactly as
+at start (C{--check-config} is the dry run of the same code).  An invalid
+new configuration is refused with one error line and the running one stays.
+A valid one takes effect without dropping a connection: limits, timeouts,
+allow/deny networks, datagram rates, the shutdown timeout and the log level.
+Changes to the listeners themselves (endpoints, protocols, their options),
+the log format or the worker count need a restart, and are logged as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from twisted.logger import Logger
+
+from myserver.admission import Admission
+from myserver.config import Config, ConfigError, Listener, load
+
+log = Logger(namespace="myserver")
+
+# What must stay the same for a reload to apply in place.
+_NEEDS_RESTART = ("log_format",)
+
+
+def listenerSetting(config: Config, listener: Listener, name: str) -> Any:
+    """
+    A listener's own value for a setting, or else the server-wide one.
+    """
+    return listener.settings.get(name, getattr(config, name))
+
+
+def admissionFor(config: Config, listener: Listener) -> Admission:
+    setting = listenerSetting
+    return Admission(
+        setting(config, listener, "allow"),
+        setting(config, listener, "deny"),
+        setting(config, listener, "max_connections_per_ip"),
+        setting(config, listener, "ipv4_prefix"),
+        setting(config, listener, "ipv6_prefix"),
+    )
+
+
+class Reconfigure:
+    """
+    Re-reads the configuration and applies it to a running server.
+
+    @ivar config: the configuration in force.
+    @ivar targets: for each configured listener, the object that applies its
+        settings: a L{myserver.guard.Guard} or a
+        L{myserver.datagram.GuardedDatagramProtocol}.
+    """
+
+    def __init__(
+        self,
+        cli: Mapping[str, Any],
+        protocols: Collection[str],
+        config: Config,
+        server: Any,
+        targets: list[Any],
+        environ: Callable[[], Mapping[str, str]],
+    ) -> None:
+        self.cli = cli
+        self.protocols = protocols
+        self.config = config
+        self.server = server
+        self.targets = targets
+        self.environ = environ
+
+    def __call__(self) -> bool:
+        """
+        @return: whether the new configuration was applied.
+        """
+        try:
+            new = load(self.cli, self.environ(), self.protocols)
+        except ConfigError as e:
+            log.error("reload refused, configuration unchanged: {error}", error=str(e))
+            return False
+        old, self.config = self.config, new
+        for name in _NEEDS_RESTART:
+            if getattr(old, name) != getattr(new, name):
+                log.warn("{setting} changed: takes effect at restart", setting=name)
+        oldListeners = [(x.endpoint, x.protocol, dict(x.options)) for x in old.listen]
+        newListeners = [(x.endpoint, x.protocol, dict(x.options)) for x in new.listen]
+        if oldListeners != newListeners:
+            log.warn("listeners changed: the new ones take effect at restart")
+        for listener, target in zip(old.listen, self.targets, strict=True):
+            match = self._match(listener, new.listen)
+            if match is not None:
+                self._apply(new, match, target)
+        registry = self.server.registry
+        registry.maxConnections = new.max_connections
+        self.server.shutdownTimeout = new.shutdown_timeout
+        for port in list(registry.ports):
+            port.maybeResumeAccepting()
+        self.server.restartSweeper()
+        from myserver.logs import setLevel
+
+        setLevel(new.log_level)
+        registry.logConnections = new.log_level == "debug"
+        log.info("configuration reloaded")
+        return True
+
+    @staticmethod
+    def _match(listener: Listener, candidates: tuple[Listener, ...]) -> Listener | None:
+        for candidate in candidates:
+            if (candidate.endpoint, candidate.protocol) == (
+                listener.endpoint,
+                listener.protocol,
+            ):
+                return candidate
+        return None
+
+    @staticmethod
+    def _apply(config: Config, listener: Listener, target: Any) -> None:
+        admission = admissionFor(config, listener)
+        if listener.isDatagram:
+            target.admission = admission
+            target.limit.rate = listenerSetting(config, listener, "datagram_rate")
+            target.limit.burst = listenerSetting(config, listener, "datagram_burst")
+        else:
+            target.reconfigure(
+                listenerSetting(config, listener, "max_write_buffer"),
+                listenerSetting(config, listener, "idle_timeout"),
+                listener.settings.get("max_connections", 0),
+                admission,
+            )
