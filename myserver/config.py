@@ -77,6 +77,7 @@ class Config:
     datagram_rate: float = 10.0
     datagram_burst: int = 20
     shutdown_timeout: float = 25.0
+    admin: str | None = None
     log_level: str = "info"
     log_format: str = "text"
     config: str | None = None
@@ -282,6 +283,12 @@ SETTINGS: tuple[Setting, ...] = (
         parseDuration,
         "Seconds open connections get to finish after SIGTERM/SIGINT.",
     ),
+    Setting(
+        "admin",
+        lambda value: parseAdmin(value),
+        "Endpoint for the admin HTTP server (/metrics /healthz /readyz), e.g. "
+        "tcp:9027:interface=127.0.0.1; off by default.",
+    ),
     Setting("log_level", _choice(LOG_LEVELS), "One of " + ", ".join(LOG_LEVELS)),
     Setting("log_format", _choice(LOG_FORMATS), "text, or json: one object a line."),
 )
@@ -413,6 +420,18 @@ def parseDatagramEndpoint(endpoint: str) -> tuple[int, str]:
         ipaddress.ip_address(address)
         interface = address
     return port, interface
+
+
+def parseAdmin(value: object) -> str | None:
+    """
+    The admin endpoint: a stream endpoint string, or C{off} (or empty).
+    """
+    if not isinstance(value, str):
+        raise ValueError("expected an endpoint such as tcp:9027:interface=127.0.0.1")
+    if value.strip().lower() in ("", "off", "none"):
+        return None
+    _checkEndpoint(value)
+    return value
 
 
 def _checkEndpoint(endpoint: str) -> None:
@@ -553,6 +572,8 @@ def render(config: Config) -> str:
         value = getattr(config, setting.name)
         if setting.name in ("allow", "deny"):
             value = [str(network) for network in value]
+        elif value is None:
+            value = "off"
         source = config.sources.get(setting.name, "default")
         lines.append(f"{setting.name} = {_toml(value)}  # {source}")
     lines.append(f"# config file: {config.config or 'none'}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import resource
 import signal
+from bisect import bisect_left
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -81,6 +83,38 @@ def raiseDescriptorLimit() -> int:
     return hard
 
 
+DURATION_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
+
+
+class Histogram:
+    """
+    A histogram in plain integers, updated without a lock; the metrics
+    collector reads it at scrape time.
+    """
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """
+        Prometheus buckets: (upper bound, observations at most that).
+        """
+        running = 0
+        buckets = []
+        for bound, count in zip(
+            [*map(repr, self.bounds), "+Inf"], self.counts, strict=True
+        ):
+            running += count
+            buckets.append((bound, running))
+        return buckets
+
+
 @implementer(IConnectionRegistry)
 class ConnectionRegistry:
     """
@@ -100,6 +134,11 @@ class ConnectionRegistry:
         self.logConnections = logConnections
         self.ports: set[GuardedPort] = set()
         self._whenEmpty: list[Deferred[None]] = []
+        # Totals over closed connections, for the metrics.
+        self.results: dict[str, int] = {}
+        self.bytesReceived = 0
+        self.bytesSent = 0
+        self.durations = Histogram(DURATION_BUCKETS)
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -131,6 +170,16 @@ class ConnectionRegistry:
     def remove(self, connection: GuardedServer, reason: Failure) -> None:
         before = len(self.connections)
         self.connections.discard(connection)
+        if reason.check(ConnectionDone):
+            result = "closed"
+        elif reason.check(ConnectionAborted):
+            result = "aborted"
+        else:
+            result = "lost"
+        self.results[result] = self.results.get(result, 0) + 1
+        self.bytesReceived += connection.bytesReceived
+        self.bytesSent += connection.bytesSent
+        self.durations.observe(connection.guard.clock.seconds() - connection.openedAt)
         if before >= self.maxConnections > len(self.connections):
             for port in list(self.ports):
                 port.maybeResumeAccepting()
@@ -254,6 +303,7 @@ class ServerService(MultiService):
         guards: list[Guard] | None = None,
     ) -> None:
         super().__init__()
+        self._whenStopped: list[Deferred[None]] = []
         self.registry = registry
         self.shutdownTimeout = shutdownTimeout
         self.clock = clock
@@ -284,7 +334,23 @@ class ServerService(MultiService):
     def stopService(self) -> Deferred[None]:
         self.draining = True
         stopped: Deferred[object] = super().stopService()
-        return stopped.addCallback(lambda _: self._drain())
+        drained = stopped.addCallback(lambda _: self._drain())
+        drained.addBoth(self._stopped)
+        return drained
+
+    def _stopped(self, result: object) -> object:
+        waiting, self._whenStopped = self._whenStopped, []
+        for d in waiting:
+            d.callback(None)
+        return result
+
+    def whenStopped(self) -> Deferred[None]:
+        """
+        @return: a Deferred that fires once a stop has finished draining.
+        """
+        d: Deferred[None] = Deferred()
+        self._whenStopped.append(d)
+        return d
 
     def _drain(self) -> Deferred[None]:
         count = len(self.registry)

@@ -292,6 +292,14 @@ def makeService(options: Options) -> IService:
         )
 
     root = _Root()
+    if config.admin is not None:
+        from myserver.admin import AdminService, adminSite
+
+        datagrams = [t for t in targets if not isinstance(t, Guard)]
+        site = adminSite(server, datagrams)
+        # Added before the server: stopping runs in reverse, so the server
+        # starts draining (and /readyz says so) before the admin stops.
+        AdminService(config.admin, site, server, reactor).setServiceParent(root)
     server.setServiceParent(root)
     if getattr(options, "parent", None) is not None:
         # Under twistd: own SIGTERM/SIGINT, so that a drain exits with 0.

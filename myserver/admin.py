@@ -1,0 +1,251 @@
+"""
+The admin HTTP endpoint: C{/metrics}, C{/healthz}, C{/readyz}.
+
+Serving traffic never touches prometheus_client: the hot paths count in
+plain integers on the transports, guards and registry, and
+L{ServerCollector} reads them when Prometheus scrapes.  The scrape runs in
+the reactor thread (not in a WSGI thread pool), so it sees a consistent
+state without a lock on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+log = Logger(namespace="myserver.admin")
+
+
+class ServerCollector(Collector):
+    """
+    Reads the server's plain counters at scrape time.
+
+    @param server: the L{myserver.service.ServerService}.
+    @param datagrams: the L{myserver.datagram.GuardedDatagramProtocol}s.
+    """
+
+    def __init__(self, server: Any, datagrams: list[Any]) -> None:
+        self.server = server
+        self.datagrams = datagrams
+
+    def collect(self) -> Iterator[Any]:
+        registry = self.server.registry
+        guards = self.server.guards
+        connections = list(registry.connections)
+
+        yield GaugeMetricFamily(
+            "myserver_connections_open",
+            "Connections open now.",
+            value=len(connections),
+        )
+        results = CounterMetricFamily(
+            "myserver_connections",
+            "Connections closed, by how they ended: closed (cleanly), lost "
+            "(reset or network error), aborted (by the server: idle with "
+            "output stuck, protocol error, shutdown deadline).",
+            labels=["result"],
+        )
+        for result in ("closed", "lost", "aborted"):
+            results.add_metric([result], registry.results.get(result, 0))
+        yield results
+
+        rejected = CounterMetricFamily(
+            "myserver_connections_rejected",
+            "Connections refused or cut short by the server, by reason.",
+            labels=["reason"],
+        )
+        reasons: dict[str, int] = {}
+        for guard in guards:
+            for reason, count in guard.rejected.items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        for reason, count in sorted(reasons.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield CounterMetricFamily(
+            "myserver_connections_idle_closed",
+            "Connections closed by idle_timeout.",
+            value=sum(guard.idleClosed for guard in guards),
+        )
+
+        yield CounterMetricFamily(
+            "myserver_bytes_received",
+            "Bytes read from clients.",
+            value=registry.bytesReceived + sum(c.bytesReceived for c in connections),
+        )
+        yield CounterMetricFamily(
+            "myserver_bytes_sent",
+            "Bytes the kernel accepted for clients.",
+            value=registry.bytesSent + sum(c.bytesSent for c in connections),
+        )
+        yield GaugeMetricFamily(
+            "myserver_write_buffer_bytes",
+            "Bytes queued in the server for clients, not yet sent.",
+            value=sum(c.pendingBytes() for c in connections),
+        )
+        histogram = registry.durations
+        yield HistogramMetricFamily(
+            "myserver_connection_duration_seconds",
+            "How long closed connections were open.",
+            buckets=histogram.cumulative(),
+            sum_value=histogram.total,
+        )
+        if self.datagrams:
+            yield CounterMetricFamily(
+                "myserver_datagrams_received",
+                "Datagrams passed to UDP protocols.",
+                value=sum(d.datagramsReceived for d in self.datagrams),
+            )
+            dropped = CounterMetricFamily(
+                "myserver_datagrams_dropped",
+                "Datagrams dropped unanswered, by reason.",
+                labels=["reason"],
+            )
+            totals: dict[str, int] = {}
+            for datagram in self.datagrams:
+                for reason, count in datagram.dropped.items():
+                    totals[reason] = totals.get(reason, 0) + count
+            for reason, count in sorted(totals.items()):
+                dropped.add_metric([reason], count)
+            yield dropped
+
+
+def metricsRegistry(server: Any, datagrams: list[Any]) -> CollectorRegistry:
+    """
+    A registry of the server's metrics and prometheus_client's process
+    metrics (CPU, memory, descriptors), private to this server.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(server, datagrams))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+class Metrics(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.registry)
+
+
+class Health(Resource):
+    """
+    C{/healthz}: 200 while the reactor runs (if this answers, it does).
+    """
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain")
+        return b"ok\n"
+
+
+class Ready(Resource):
+    """
+    C{/readyz}: 200 when every listener listens and the server is not
+    draining; 503 from the moment a stop begins (SIGTERM), so a load
+    balancer stops sending new clients while the drain runs.
+    """
+
+    isLeaf = True
+
+    def __init__(self, serverService: Any) -> None:
+        super().__init__()
+        self.serverService = serverService
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain")
+        if self.serverService.draining:
+            request.setResponseCode(503)
+            return b"draining\n"
+        waiting = [s.listener.endpoint for s in self.serverService if s.port is None]
+        if waiting:
+            request.setResponseCode(503)
+            return ("not listening: " + " ".join(waiting) + "\n").encode()
+        return b"ready\n"
+
+
+def adminSite(server: Any, datagrams: list[Any]) -> Site:
+    root = Resource()
+    root.putChild(b"metrics", Metrics(metricsRegistry(server, datagrams)))
+    root.putChild(b"healthz", Health())
+    root.putChild(b"readyz", Ready(server))
+    site = Site(root)
+    site.noisy = False
+    site.log = lambda request: None  # type: ignore[method-assign]
+    return site
+
+
+class AdminService(Service):
+    """
+    Serves the admin site on its own endpoint, unguarded (it is not client
+    traffic), and keeps serving through the drain: it stops only once the
+    server has stopped, so that C{/readyz} says 503 while draining.
+    """
+
+    port: Any = None
+
+    def __init__(self, endpoint: str, site: Site, server: Any, reactor: Any) -> None:
+        self.endpoint = endpoint
+        self.site = site
+        self.server = server
+        self.reactor = reactor
+
+    def privilegedStartService(self) -> None:
+        from myserver.service import CannotListen, describeAddress
+
+        super().privilegedStartService()
+        if self.port is not None:
+            return
+        outcome: list[Any] = []
+        d = serverFromString(self.reactor, self.endpoint).listen(self.site)
+        d.addBoth(outcome.append)
+        if not outcome or isinstance(outcome[0], Failure):
+            reason = outcome[0].getErrorMessage() if outcome else "still pending"
+            raise CannotListen(
+                f"cannot listen on {self.endpoint} (admin): {' '.join(reason.split())}"
+            )
+        port = self.port = outcome[0]
+        log.info(
+            "admin endpoint on {address}: /metrics /healthz /readyz",
+            address=describeAddress(port.getHost()),
+        )
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        stopping: Deferred[None] = Deferred()
+
+        def stopListening(_: object) -> None:
+            port, self.port = self.port, None
+            if port is None:
+                stopping.callback(None)
+            else:
+                port.stopListening().chainDeferred(stopping)
+
+        self.server.whenStopped().addBoth(stopListening)
+        return stopping
