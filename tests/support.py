@@ -38,8 +38,8 @@ def twistdCommand() -> list[str]:
     return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
-def myserverCommand(*args: str) -> list[str]:
-    return [*twistdCommand(), "-n", "--pidfile=", "myserver", *args]
+def myserverCommand(*args: str, twistdArgs: Sequence[str] = ()) -> list[str]:
+    return [*twistdCommand(), "-n", "--pidfile=", *twistdArgs, "myserver", *args]
 
 
 def run(
@@ -81,6 +81,7 @@ class ServerProcess:
         loopback: bool = True,
         env: dict[str, str] | None = None,
         preexec: Any = None,
+        twistdArgs: Sequence[str] = (),
     ) -> None:
         """
         @param args: myserver's options; C{--listen LOOPBACK} is added when
@@ -94,6 +95,7 @@ class ServerProcess:
         self.expected = listeners or max(1, given)
         self.env = env
         self.preexec = preexec
+        self.twistdArgs = twistdArgs
         self.lines: list[str] = []
         self.addresses: list[tuple[str, int]] = []
         self._changed = threading.Condition()
@@ -109,7 +111,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30) -> ServerProcess:
         self.process = subprocess.Popen(
-            myserverCommand(*self.args),
+            myserverCommand(*self.args, twistdArgs=self.twistdArgs),
             cwd=self._scratch.name,
             env=_environ(self.env),
             stdout=subprocess.PIPE,
