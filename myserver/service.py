@@ -436,10 +436,17 @@ class StopOnSignals(Service):
         self.server = server
         self._received = 0
 
+    def privilegedStartService(self) -> None:
+        # Handle signals before any listener starts (a SIGHUP's default
+        # action would end the process).
+        super().privilegedStartService()
+        self._install()
+
     def startService(self) -> None:
         super().startService()
         # twistd starts services before the reactor runs, and the reactor
-        # installs its own handlers as it starts: replace them after that.
+        # installs its own SIGTERM and SIGINT handlers as it starts: install
+        # ours again after that.
         self.reactor.callWhenRunning(self._install)
 
     def _install(self) -> None:

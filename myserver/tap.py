@@ -292,6 +292,11 @@ def makeService(options: Options) -> IService:
         )
 
     root = _Root()
+    if getattr(options, "parent", None) is not None:
+        # Under twistd: own SIGTERM/SIGINT (so that a drain exits with 0)
+        # and SIGHUP; first, so that they are handled before anything else
+        # starts.
+        StopOnSignals(reactor, server).setServiceParent(root)
     if config.admin is not None:
         from myserver.admin import AdminService, adminSite
 
@@ -301,7 +306,4 @@ def makeService(options: Options) -> IService:
         # starts draining (and /readyz says so) before the admin stops.
         AdminService(config.admin, site, server, reactor).setServiceParent(root)
     server.setServiceParent(root)
-    if getattr(options, "parent", None) is not None:
-        # Under twistd: own SIGTERM/SIGINT, so that a drain exits with 0.
-        StopOnSignals(reactor, server).setServiceParent(root)
     return root
