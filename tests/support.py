@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from signal import SIGTERM
+from signal import SIGINT, SIGTERM
 from typing import Any
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -98,6 +98,7 @@ class ServerProcess:
         self.twistdArgs = twistdArgs
         self.lines: list[str] = []
         self.addresses: list[tuple[str, int]] = []
+        self._stopRequested = False
         self._changed = threading.Condition()
         self._scratch = tempfile.TemporaryDirectory()
 
@@ -175,6 +176,8 @@ class ServerProcess:
         return "".join(self.lines)
 
     def signal(self, signum: int) -> None:
+        if signum in (SIGTERM, SIGINT):
+            self._stopRequested = True
         self.process.send_signal(signum)
 
     def stop(self, signum: int = SIGTERM, timeout: float = 60) -> int:
@@ -183,7 +186,9 @@ class ServerProcess:
 
         @return: its exit status.
         """
-        if self.process.poll() is None:
+        # A stop already asked for is not asked again: a second signal
+        # would end the drain, or arrive after the handlers are gone.
+        if self.process.poll() is None and not self._stopRequested:
             self.process.send_signal(signum)
         try:
             return self.process.wait(timeout)
