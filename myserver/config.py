@@ -74,6 +74,7 @@ class Config:
     deny: tuple[Network, ...] = ()
     idle_timeout: float = 300.0
     max_write_buffer: int = 1024 * 1024
+    tcp_nodelay: bool = True
     datagram_rate: float = 10.0
     datagram_burst: int = 20
     shutdown_timeout: float = 25.0
@@ -140,6 +141,21 @@ def _count(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
         return number
 
     return parseCount
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def parseBool(value: object) -> bool:
+    """
+    A boolean: TOML's true/false, or true/false, yes/no, on/off, 1/0.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("expected true or false")
 
 
 def _positive(value: object) -> float:
@@ -269,6 +285,12 @@ SETTINGS: tuple[Setting, ...] = (
         "reading from that client until they drain.",
     ),
     Setting(
+        "tcp_nodelay",
+        lambda value: parseBool(value),
+        "Send small writes at once (TCP_NODELAY) on accepted TCP connections; "
+        "true by default, as asyncio and uvloop do.",
+    ),
+    Setting(
         "datagram_rate",
         _positive,
         "UDP listeners: datagrams per second answered per source address.",
@@ -303,6 +325,7 @@ PER_LISTENER = (
     "deny",
     "idle_timeout",
     "max_write_buffer",
+    "tcp_nodelay",
     "datagram_rate",
     "datagram_burst",
 )

@@ -65,6 +65,8 @@ class Guard:
     @ivar maxConnections: this listener's own cap on open connections, or 0
         for none (the server's total cap applies either way).
     @ivar admission: who may connect.
+    @ivar noDelay: set TCP_NODELAY on accepted TCP connections, so that a
+        small reply leaves at once instead of waiting for Nagle's algorithm.
     @ivar registry: told of every connection opened and closed.
     @ivar clock: the time source for durations and idleness.
     @ivar connections: this listener's open connections.
@@ -83,8 +85,10 @@ class Guard:
         idleTimeout: float = 0.0,
         maxConnections: int = 0,
         admission: Admission | None = None,
+        noDelay: bool = True,
     ) -> None:
         self.registry = registry
+        self.noDelay = noDelay
         self.clock = clock
         self.protocolName = protocolName
         self.maxWriteBuffer = maxWriteBuffer
@@ -253,6 +257,11 @@ class GuardedServer(tcp.Server):
         self.guard = guard
         self.maxWriteBuffer = guard.maxWriteBuffer
         self.openedAt = self.activeAt = guard.clock.seconds()
+        if guard.noDelay and sock.family != socket.AF_UNIX:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass  # Already reset by the peer: the first read says so.
         guard.opened(self)
 
     def pendingBytes(self) -> int:

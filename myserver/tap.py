@@ -272,6 +272,7 @@ def makeService(options: Options) -> IService:
             idleTimeout=setting("idle_timeout"),
             maxConnections=listener.settings.get("max_connections", 0),
             admission=admissionFor(config, listener),
+            noDelay=setting("tcp_nodelay"),
         )
         guards.append(guard)
         targets.append(guard)

@@ -7,6 +7,7 @@ the echo protocol on L{StringTransport}.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from twisted.internet import reactor
@@ -204,6 +205,25 @@ class GuardedServerTests(ServingTestCase):
         client.transport.loseWriteConnection()
         received = yield client.done
         self.assertEqual(received, b"x" * 1000)
+
+    @inlineCallbacks
+    def test_noDelay(self) -> Any:
+        """
+        Accepted TCP connections have TCP_NODELAY set, unless turned off.
+        """
+        yield self.serve(buildFactory({}))
+        for noDelay in (True, False):
+            self.guard.noDelay = noDelay
+            client = yield self.connect(Client(b"", halfClose=False))
+            yield deferLater(reactor, 0.05, lambda: None)
+            connection = self.serverConnection()
+            option = connection.getHandle().getsockopt(
+                socket.IPPROTO_TCP, socket.TCP_NODELAY
+            )
+            self.assertEqual(bool(option), noDelay)
+            client.transport.loseWriteConnection()
+            yield client.done
+            yield self.registry.whenEmpty()
 
     @inlineCallbacks
     def test_registryFollowsConnections(self) -> Any:
