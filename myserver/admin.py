@@ -178,7 +178,11 @@ class Ready(Resource):
         if self.serverService.draining:
             request.setResponseCode(503)
             return b"draining\n"
-        waiting = [s.listener.endpoint for s in self.serverService if s.port is None]
+        waiting = [
+            s.listener.endpoint
+            for s in self.serverService
+            if hasattr(s, "listener") and s.port is None
+        ]
         if waiting:
             request.setResponseCode(503)
             return ("not listening: " + " ".join(waiting) + "\n").encode()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -78,6 +79,7 @@ class Config:
     datagram_rate: float = 10.0
     datagram_burst: int = 20
     shutdown_timeout: float = 25.0
+    workers: int = 1
     admin: str | None = None
     log_level: str = "info"
     log_format: str = "text"
@@ -306,6 +308,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds open connections get to finish after SIGTERM/SIGINT.",
     ),
     Setting(
+        "workers",
+        lambda value: parseWorkers(value),
+        "Processes serving the listeners (auto: one per CPU); the parent "
+        "binds and supervises.",
+    ),
+    Setting(
         "admin",
         lambda value: parseAdmin(value),
         "Endpoint for the admin HTTP server (/metrics /healthz /readyz), e.g. "
@@ -443,6 +451,16 @@ def parseDatagramEndpoint(endpoint: str) -> tuple[int, str]:
         ipaddress.ip_address(address)
         interface = address
     return port, interface
+
+
+def parseWorkers(value: object) -> int:
+    """
+    A number of worker processes, or C{auto} for one per CPU this process
+    may run on.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) or 1
+    return _count(1, 1024)(value)
 
 
 def parseAdmin(value: object) -> str | None:

@@ -13,6 +13,7 @@ the log format or the worker count need a restart, and are logged as such.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
 from typing import Any
 
 from twisted.logger import Logger
@@ -49,8 +50,8 @@ class Reconfigure:
     Re-reads the configuration and applies it to a running server.
 
     @ivar config: the configuration in force.
-    @ivar targets: for each configured listener, the object that applies its
-        settings: a L{myserver.guard.Guard} or a
+    @ivar targets: for each listener served in this process, the object
+        that applies its settings: a L{myserver.guard.Guard} or a
         L{myserver.datagram.GuardedDatagramProtocol}.
     """
 
@@ -60,15 +61,22 @@ class Reconfigure:
         protocols: Collection[str],
         config: Config,
         server: Any,
-        targets: list[Any],
+        targets: list[tuple[Listener, Any]],
         environ: Callable[[], Mapping[str, str]],
+        workers: Callable[[Config], None] | None = None,
     ) -> None:
+        """
+        @param targets: each listener served in this process, with what
+            applies its settings.
+        @param workers: hands a new configuration to worker processes.
+        """
         self.cli = cli
         self.protocols = protocols
         self.config = config
         self.server = server
         self.targets = targets
         self.environ = environ
+        self.workers = workers
 
     def __call__(self) -> bool:
         """
@@ -87,7 +95,9 @@ class Reconfigure:
         newListeners = [(x.endpoint, x.protocol, dict(x.options)) for x in new.listen]
         if oldListeners != newListeners:
             log.warn("listeners changed: the new ones take effect at restart")
-        for listener, target in zip(old.listen, self.targets, strict=True):
+        if old.workers != new.workers:
+            log.warn("workers changed: takes effect at restart")
+        for listener, target in self.targets:
             match = self._match(listener, new.listen)
             if match is not None:
                 self._apply(new, match, target)
@@ -101,6 +111,8 @@ class Reconfigure:
 
         setLevel(new.log_level)
         registry.logConnections = new.log_level == "debug"
+        if self.workers is not None:
+            self.workers(replace(new, workers=old.workers))
         log.info("configuration reloaded")
         return True
 

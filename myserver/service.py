@@ -414,6 +414,10 @@ class ServerService(MultiService):
         """
         End the drain now: abort every connection still open.
         """
+        for service in self:
+            abort = getattr(service, "abortAll", None)
+            if abort is not None:
+                abort()
         count = self.registry.abortAll()
         if count:
             log.warn(

@@ -246,10 +246,20 @@ def makeService(options: Options) -> IService:
         config.max_connections, logConnections=config.log_level == "debug"
     )
     guards = []
-    targets: list[Any] = []
+    targets: list[tuple[Listener, Any]] = []
     listeners: list[Service] = []
+    supervisor = None
+    if config.workers > 1:
+        # Stream listeners are served by worker processes; datagram
+        # listeners, which have no connections to spread, by this one.
+        from myserver.workers import WorkerSupervisor
+
+        supervisor = WorkerSupervisor(config, reactor)
+        listeners.append(supervisor)
     for listener, factory in zip(config.listen, options.factories, strict=True):
         setting = partial(listenerSetting, config, listener)
+        if supervisor is not None and not listener.isDatagram:
+            continue
         if listener.isDatagram:
             limit = SourceRateLimit(
                 reactor, setting("datagram_rate"), setting("datagram_burst")
@@ -261,7 +271,7 @@ def makeService(options: Options) -> IService:
                 limit,
                 reactor,
             )
-            targets.append(guarded)
+            targets.append((listener, guarded))
             listeners.append(DatagramListenerService(listener, guarded, reactor))
             continue
         guard = Guard(
@@ -275,7 +285,7 @@ def makeService(options: Options) -> IService:
             noDelay=setting("tcp_nodelay"),
         )
         guards.append(guard)
-        targets.append(guard)
+        targets.append((listener, guard))
         listeners.append(ListenerService(listener, factory, guard, reactor))
     server = ServerService(registry, config.shutdown_timeout, reactor, guards)
     for service in listeners:
@@ -290,6 +300,7 @@ def makeService(options: Options) -> IService:
             server,
             targets,
             lambda: os.environ,
+            supervisor.reload if supervisor is not None else None,
         )
 
     root = _Root()
@@ -301,7 +312,7 @@ def makeService(options: Options) -> IService:
     if config.admin is not None:
         from myserver.admin import AdminService, adminSite
 
-        datagrams = [t for t in targets if not isinstance(t, Guard)]
+        datagrams = [t for _, t in targets if not isinstance(t, Guard)]
         site = adminSite(server, datagrams)
         # Added before the server: stopping runs in reverse, so the server
         # starts draining (and /readyz says so) before the admin stops.

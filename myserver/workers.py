@@ -1,0 +1,363 @@
+"""
+Several processes serving the same listeners (C{workers = N}).
+
+The parent binds every stream listener (so ports below 1024 and sockets
+handed over by systemd work), then starts N workers that adopt the
+listening sockets and serve them; the parent accepts nothing itself.  It
+restarts a worker that dies, forwards SIGHUP (after validating the new
+configuration), and on SIGTERM tells every worker to drain and waits for
+them all.
+
+How the kernel spreads connections: for TCP listeners the parent binds one
+socket per worker on the same address with C{SO_REUSEPORT}, and the kernel
+spreads new connections evenly across them by hashing.  One listening
+socket shared by every worker (what an inherited systemd socket or a UNIX
+socket allows) lets whichever worker wakes first accept, which under load
+tends to favour one of them; see the README's performance section.
+
+Limits apply per worker, as an even split: each worker enforces
+C{ceil(max_connections / N)} and C{ceil(max_connections_per_ip / N)}.
+
+A worker is C{python -m myserver.workers CONFIG}: myserver run by twistd
+with the configuration the parent rendered for it, its listeners spelled
+C{systemd:domain=...:index=K} (the systemd socket-passing convention, so
+Twisted's own endpoint adopts them) with any C{haproxy:} prefix kept.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import replace
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from myserver.config import Config, ConfigError, Listener, render
+
+log = Logger(namespace="myserver.workers")
+
+_FAMILIES = {socket.AF_INET: "INET", socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}
+_FIRST_FD = 3
+
+
+class BoundSockets:
+    """
+    The parent's listening sockets for one stream listener: one per worker
+    (TCP, with SO_REUSEPORT) or one shared by all.
+    """
+
+    def __init__(self, listener: Listener, sockets: list[socket.socket]) -> None:
+        self.listener = listener
+        self.sockets = sockets
+
+    def forWorker(self, index: int) -> socket.socket:
+        return self.sockets[index % len(self.sockets)]
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+class BindingReactor:
+    """
+    A reactor for C{serverFromString} that only binds: C{listenTCP} makes
+    C{copies} SO_REUSEPORT sockets, C{listenUNIX} and C{adoptStreamPort}
+    one socket, and nothing accepts on them in this process.
+    """
+
+    def __init__(self, reactor: Any, copies: int) -> None:
+        self._reactor = reactor
+        self._copies = copies
+        self.bound: list[socket.socket] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(
+        self, port: int, factory: Any, backlog: int = 50, interface: str = ""
+    ) -> Any:
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        for _ in range(self._copies):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                sock.bind((interface or "", port))
+            except OSError:
+                sock.close()
+                raise
+            sock.listen(max(backlog, 1))
+            # An ephemeral port: the other copies share the one chosen.
+            port = sock.getsockname()[1]
+            self.bound.append(sock)
+        return _Bound(self.bound)
+
+    def listenUNIX(
+        self, address: Any, factory: Any, backlog: int = 50, **_: Any
+    ) -> Any:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(address)
+        sock.listen(max(backlog, 1))
+        self.bound.append(sock)
+        return _Bound(self.bound)
+
+    def adoptStreamPort(self, fileDescriptor: int, family: int, factory: Any) -> Any:
+        sock = socket.socket(family, socket.SOCK_STREAM, fileno=os.dup(fileDescriptor))
+        self.bound.append(sock)
+        return _Bound(self.bound)
+
+    def listenSSL(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigError("TLS listeners are served with workers = 1 only")
+
+
+class _Bound:
+    def __init__(self, sockets: list[socket.socket]) -> None:
+        self.sockets = sockets
+
+
+def bindListener(listener: Listener, copies: int, reactor: Any) -> BoundSockets:
+    """
+    Bind a stream listener's sockets in this (the parent) process.
+    """
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory
+
+    binding = BindingReactor(reactor, copies)
+    endpoint = serverFromString(binding, listener.endpoint)
+    outcome: list[Any] = []
+    endpoint.listen(Factory()).addBoth(outcome.append)
+    if not outcome or isinstance(outcome[0], Failure):
+        for sock in binding.bound:
+            sock.close()
+        reason = outcome[0].getErrorMessage() if outcome else "no answer"
+        from myserver.service import CannotListen
+
+        raise CannotListen(
+            f"cannot listen on {listener.endpoint}: {' '.join(reason.split())}"
+        )
+    return BoundSockets(listener, binding.bound)
+
+
+def workerEndpoint(listener: Listener, index: int, sock: socket.socket) -> str:
+    """
+    The endpoint string by which a worker adopts its socket number C{index}.
+    """
+    adopted = f"systemd:domain={_FAMILIES[sock.family]}:index={index}"
+    if listener.endpoint.split(":", 1)[0].lower() == "haproxy":
+        return "haproxy:" + adopted
+    return adopted
+
+
+def workerConfig(config: Config, endpoints: list[str], workers: int) -> str:
+    """
+    The configuration a worker runs with, as TOML: the parent's, with its
+    listeners adopted and its limits split evenly.
+    """
+    listeners = tuple(
+        replace(
+            listener,
+            endpoint=endpoint,
+            settings={
+                name: math.ceil(value / workers)
+                if name in ("max_connections", "max_connections_per_ip")
+                else value
+                for name, value in listener.settings.items()
+            },
+        )
+        for listener, endpoint in zip(
+            [x for x in config.listen if not x.isDatagram], endpoints, strict=True
+        )
+    )
+    perWorker = replace(
+        config,
+        listen=listeners,
+        workers=1,
+        admin=None,
+        max_connections=max(1, math.ceil(config.max_connections / workers)),
+        max_connections_per_ip=math.ceil(config.max_connections_per_ip / workers),
+        sources={},
+    )
+    return render(perWorker)
+
+
+class Worker(ProcessProtocol):
+    """
+    One worker process, as its supervisor sees it.
+    """
+
+    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.ended: Deferred[None] = Deferred()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.supervisor.workerEnded(self, reason)
+        self.ended.callback(None)
+
+
+class WorkerSupervisor(Service):
+    """
+    Binds the stream listeners, starts C{workers} processes that serve
+    them, keeps that many running, and stops them gracefully.
+    """
+
+    restartDelay = 0.1
+
+    def __init__(self, config: Config, reactor: Any, reconfigure: Any = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.count = config.workers
+        self.bound: list[BoundSockets] = []
+        self.workers: dict[int, Worker] = {}
+        self.stopping = False
+        self._directory = tempfile.mkdtemp(prefix="myserver-workers-")
+        self.configPath = os.path.join(self._directory, "worker.toml")
+        self.reconfigure = reconfigure
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        for listener in self.config.listen:
+            if not listener.isDatagram:
+                bound = bindListener(listener, self.count, self.reactor)
+                self.bound.append(bound)
+                for sock in bound.sockets[:1]:
+                    log.info(
+                        "{protocol} listening on {address} ({endpoint}) for "
+                        "{count} workers",
+                        protocol=listener.protocol,
+                        address=_describe(sock),
+                        endpoint=listener.endpoint,
+                        count=self.count,
+                    )
+        self._writeConfig(self.config)
+
+    def _writeConfig(self, config: Config) -> None:
+        endpoints = [
+            workerEndpoint(bound.listener, index, bound.sockets[0])
+            for index, bound in enumerate(self.bound)
+        ]
+        text = workerConfig(config, endpoints, self.count)
+        temporary = self.configPath + ".new"
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, self.configPath)
+
+    def startService(self) -> None:
+        super().startService()
+        for index in range(self.count):
+            self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        worker = Worker(self, index)
+        childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        for position, bound in enumerate(self.bound):
+            childFDs[_FIRST_FD + position] = bound.forWorker(index).fileno()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("MYSERVER_")}
+        environ["MYSERVER_WORKER"] = str(index)
+        environ["LISTEN_FDS"] = str(len(self.bound))
+        environ["LISTEN_FDNAMES"] = ":".join(f"l{n}" for n in range(len(self.bound)))
+        process = self.reactor.spawnProcess(
+            worker,
+            sys.executable,
+            [sys.executable, "-m", "myserver.workers", self.configPath],
+            env=environ,
+            childFDs=childFDs,
+        )
+        self.workers[index] = worker
+        log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
+
+    def workerEnded(self, worker: Worker, reason: Failure) -> None:
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        if self.stopping:
+            return
+        log.warn(
+            "worker {index} ended unexpectedly ({reason}); starting another",
+            index=worker.index,
+            reason=reason.getErrorMessage(),
+        )
+        self.reactor.callLater(self.restartDelay, self._respawn, worker.index)
+
+    def _respawn(self, index: int) -> None:
+        if not self.stopping and index not in self.workers:
+            self._spawn(index)
+
+    def signalAll(self, signum: int) -> None:
+        for worker in list(self.workers.values()):
+            if worker.transport is not None:
+                try:
+                    worker.transport.signalProcess(signal.Signals(signum).name[3:])
+                except ProcessExitedAlready:
+                    pass
+
+    def reload(self, config: Config) -> None:
+        """
+        Hand a validated new configuration to every worker, and tell them.
+        """
+        self._writeConfig(config)
+        self.signalAll(signal.SIGHUP)
+
+    def abortAll(self) -> None:
+        """
+        A second stop signal: workers end their drains at once.
+        """
+        self.signalAll(signal.SIGTERM)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.stopping = True
+        waiting = [worker.ended for worker in self.workers.values()]
+        self.signalAll(signal.SIGTERM)
+        deadline = self.reactor.callLater(
+            self.config.shutdown_timeout + 5, self.signalAll, signal.SIGKILL
+        )
+
+        def finished(_: object) -> None:
+            if deadline.active():
+                deadline.cancel()
+            for bound in self.bound:
+                bound.close()
+            log.info("all workers stopped")
+
+        done = DeferredList(waiting) if waiting else succeed([])
+        return done.addCallback(finished)
+
+
+def _describe(sock: socket.socket) -> str:
+    address = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{address}"
+    if sock.family == socket.AF_INET6:
+        return f"tcp6:[{address[0]}]:{address[1]}"
+    return f"tcp:{address[0]}:{address[1]}"
+
+
+def main() -> None:
+    """
+    A worker: C{python -m myserver.workers CONFIG}.  The listening sockets
+    arrive as descriptors 3, 4, ... with LISTEN_FDS set by the parent; the
+    systemd convention also wants LISTEN_PID to be this process, which only
+    this process can know.
+    """
+    os.environ["LISTEN_PID"] = str(os.getpid())
+    # A process group of its own: a Ctrl-C in a terminal reaches only the
+    # parent, which tells each worker once; two signals would end a drain.
+    os.setpgid(0, 0)
+    from twisted.scripts.twistd import run
+
+    sys.argv = ["twistd", "-n", "--pidfile=", "myserver", "--config", sys.argv[1]]
+    run()
+
+
+if __name__ == "__main__":
+    main()
