@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -327,6 +328,7 @@ class WorkerSupervisor(Service):
                 deadline.cancel()
             for bound in self.bound:
                 bound.close()
+            shutil.rmtree(self._directory, ignore_errors=True)
             log.info("all workers stopped")
 
         done = DeferredList(waiting) if waiting else succeed([])

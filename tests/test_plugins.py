@@ -6,7 +6,9 @@ server.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +33,7 @@ def installedExample() -> str:
     """
     if "path" not in _built:
         target = tempfile.mkdtemp(prefix="myserver-upper-")
+        atexit.register(shutil.rmtree, target, True)
         subprocess.run(
             [
                 sys.executable,
@@ -58,7 +61,7 @@ def pluginDirectory(testCase: TestCase, **modules: str) -> str:
     to put on PYTHONPATH.
     """
     root = tempfile.mkdtemp(prefix="myserver-plugins-")
-    testCase.addCleanup(lambda: subprocess.run(["rm", "-rf", root], check=False))
+    testCase.addCleanup(shutil.rmtree, root, True)
     plugins = Path(root, "twisted", "plugins")
     plugins.mkdir(parents=True)
     for name, source in modules.items():
