@@ -26,6 +26,25 @@ def hostOf(address: Any) -> str | None:
     return host if isinstance(host, str) else None
 
 
+def describeAddress(address: Any) -> str:
+    """
+    A listening or peer address as an endpoint-like string:
+    C{tcp:127.0.0.1:27015}, C{tcp6:[::1]:27015}, C{udp:0.0.0.0:7},
+    C{unix:/run/x.sock}.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        kind = str(getattr(address, "type", "TCP")).lower()
+        if ":" in host:
+            return f"{kind}6:[{host}]:{port}"
+        return f"{kind}:{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return "unix:" + (name.decode() if isinstance(name, bytes) else str(name))
+    return str(address)
+
+
 class Admission:
     """
     Who may connect: allow and deny networks (deny wins) and the number of

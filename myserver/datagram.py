@@ -157,7 +157,8 @@ class DatagramListenerService(Service):
         self.reactor = reactor
 
     def privilegedStartService(self) -> None:
-        from myserver.service import CannotListen, describeAddress
+        from myserver.admission import describeAddress
+        from myserver.service import CannotListen
 
         super().privilegedStartService()
         if self.port is not None:

@@ -32,13 +32,25 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from myserver.admission import hostOf
+from myserver.admission import describeAddress, hostOf
 from myserver.guard import (
     DESCRIPTORS_EXHAUSTED,
     Guard,
     GuardedServer,
     GuardedUNIXServer,
 )
+
+# The listen backlog when an endpoint string names none, as nginx (511) and
+# uvicorn (2048) choose theirs; the kernel caps it at net.core.somaxconn.
+DEFAULT_BACKLOG = 1024
+
+
+def backlogFor(endpoint: str) -> int | None:
+    """
+    L{DEFAULT_BACKLOG}, unless the endpoint string sets its own backlog.
+    """
+    return None if "backlog=" in endpoint.lower() else DEFAULT_BACKLOG
+
 
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # The peer gave up, or a firewall said no: try the next one.
@@ -193,7 +205,7 @@ class GuardedPort:
             "{listener}: closed {closed} waiting clients; still serving the "
             "open connections",
             error=errno.errorcode.get(error.errno or 0, str(error)),
-            listener=str(self.getHost()),  # type: ignore[attr-defined]
+            listener=describeAddress(self.getHost()),  # type: ignore[attr-defined]
             closed=closed,
         )
         if not closed:
@@ -204,7 +216,7 @@ class GuardedPort:
             "accept",
             LogLevel.warn,
             "cannot accept connections on {listener}: {error}",
-            listener=str(self.getHost()),  # type: ignore[attr-defined]
+            listener=describeAddress(self.getHost()),  # type: ignore[attr-defined]
             error=error,
         )
         self._pause()
@@ -274,9 +286,16 @@ class GuardingReactor:
     too.
     """
 
-    def __init__(self, reactor: Any, guard: Guard) -> None:
+    def __init__(self, reactor: Any, guard: Guard, backlog: int | None = None) -> None:
+        """
+        @param backlog: the listen backlog to use instead of the one the
+            endpoint asks for (Twisted's default of 50 when the endpoint
+            string names none: too short for a busy server, whose clients
+            then wait a second for the kernel's SYN retry).
+        """
         self._reactor = reactor
         self._guard = guard
+        self._backlog = backlog
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
@@ -295,7 +314,9 @@ class GuardingReactor:
         interface: str = "",
     ) -> IListeningPort:
         return self._start(
-            GuardedTCPPort(port, factory, backlog, interface, self._reactor)
+            GuardedTCPPort(
+                port, factory, self._backlog or backlog, interface, self._reactor
+            )
         )
 
     def listenUNIX(
@@ -307,7 +328,9 @@ class GuardingReactor:
         wantPID: int = 0,
     ) -> IListeningPort:
         return self._start(
-            GuardedUNIXPort(address, factory, backlog, mode, self._reactor, wantPID)
+            GuardedUNIXPort(
+                address, factory, self._backlog or backlog, mode, self._reactor, wantPID
+            )
         )
 
     def listenSSL(

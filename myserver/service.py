@@ -27,10 +27,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from myserver.admission import describeAddress
 from myserver.config import Listener
 from myserver.guard import Guard, GuardedServer
 from myserver.interfaces import IConnectionRegistry, IReloadable
-from myserver.ports import GuardedPort, GuardingReactor
+from myserver.ports import GuardedPort, GuardingReactor, backlogFor
 
 log = Logger(namespace="myserver")
 
@@ -39,25 +40,6 @@ class CannotListen(Exception):
     """
     A listener could not start; the message is one line for the operator.
     """
-
-
-def describeAddress(address: Any) -> str:
-    """
-    A listening or peer address as an endpoint-like string:
-    C{tcp:127.0.0.1:27015}, C{tcp6:[::1]:27015}, C{udp:0.0.0.0:7},
-    C{unix:/run/x.sock}.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        kind = str(getattr(address, "type", "TCP")).lower()
-        if ":" in host:
-            return f"{kind}6:[{host}]:{port}"
-        return f"{kind}:{host}:{port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return "unix:" + (name.decode() if isinstance(name, bytes) else str(name))
-    return str(address)
 
 
 def raiseDescriptorLimit() -> int:
@@ -247,8 +229,9 @@ class ListenerService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.port is None and self._failure is None:
+            spec = self.listener.endpoint
             endpoint = self.endpoint = serverFromString(
-                GuardingReactor(self.reactor, self.guard), self.listener.endpoint
+                GuardingReactor(self.reactor, self.guard, backlogFor(spec)), spec
             )
             endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
         if self._failure is not None:

@@ -76,9 +76,10 @@ class BindingReactor:
     one socket, and nothing accepts on them in this process.
     """
 
-    def __init__(self, reactor: Any, copies: int) -> None:
+    def __init__(self, reactor: Any, copies: int, backlog: int | None) -> None:
         self._reactor = reactor
         self._copies = copies
+        self._backlog = backlog
         self.bound: list[socket.socket] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -97,7 +98,7 @@ class BindingReactor:
             except OSError:
                 sock.close()
                 raise
-            sock.listen(max(backlog, 1))
+            sock.listen(max(self._backlog or backlog, 1))
             # An ephemeral port: the other copies share the one chosen.
             port = sock.getsockname()[1]
             self.bound.append(sock)
@@ -108,7 +109,7 @@ class BindingReactor:
     ) -> Any:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(address)
-        sock.listen(max(backlog, 1))
+        sock.listen(max(self._backlog or backlog, 1))
         self.bound.append(sock)
         return _Bound(self.bound)
 
@@ -133,7 +134,9 @@ def bindListener(listener: Listener, copies: int, reactor: Any) -> BoundSockets:
     from twisted.internet.endpoints import serverFromString
     from twisted.internet.protocol import Factory
 
-    binding = BindingReactor(reactor, copies)
+    from myserver.ports import backlogFor
+
+    binding = BindingReactor(reactor, copies, backlogFor(listener.endpoint))
     endpoint = serverFromString(binding, listener.endpoint)
     outcome: list[Any] = []
     endpoint.listen(Factory()).addBoth(outcome.append)
