@@ -5,6 +5,7 @@ UDP listeners: off by default, rate-limited per source, exact.
 from __future__ import annotations
 
 import socket
+import time
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -105,8 +106,33 @@ class DatagramServiceTests(TestCase):
         """
         A protocol with no datagram form cannot be served on udp:.
         """
-        result = run("--listen", "upper=udp:0", env={})
+        result = run("--listen", "chargen=udp:0")
         self.assertEqual(result.returncode, 2)
         result = run("--listen", "udp:notaport")
         self.assertEqual(result.returncode, 2)
         self.assertIn("udp:notaport", result.stderr)
+
+
+class ClassicDatagramTests(TestCase):
+    """
+    daytime and time over UDP (RFC 867 and 868 define UDP forms).
+    """
+
+    def test_daytimeAndTime(self) -> None:
+        with ServerProcess(
+            "--listen",
+            "daytime=udp:0:interface=127.0.0.1",
+            "--listen",
+            "time=udp:0:interface=127.0.0.1",
+            listeners=2,
+        ) as server:
+            (_, daytimePort), (_, timePort) = server.addresses
+            [line] = exchange(daytimePort, [b""])
+            assert line is not None
+            self.assertRegex(line, rb"^\w{3}, \d\d \w{3} \d{4} [\d:]{8} GMT\r\n$")
+            [value] = exchange(timePort, [b"anything"])
+            assert value is not None
+            self.assertEqual(len(value), 4)
+            seconds = int.from_bytes(value, "big") - 2208988800
+            self.assertLess(abs(seconds - time.time()), 5)
+            self.assertEqual(server.stop(), 0)

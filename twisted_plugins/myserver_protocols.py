@@ -13,3 +13,35 @@ echo = BuiltinProtocol(
     "myserver.protocols.echo",
     datagram=True,
 )
+
+discard = BuiltinProtocol(
+    "discard",
+    "RFC 863 discard: reads everything, sends nothing",
+    "myserver.protocols.discard",
+)
+
+chargen = BuiltinProtocol(
+    "chargen",
+    "RFC 864 character generator: endless 72-character lines, paced by the reader",
+    "myserver.protocols.chargen",
+)
+
+daytime = BuiltinProtocol(
+    "daytime",
+    "RFC 867 daytime: the date and time as one line, then close",
+    "myserver.protocols.daytime",
+    datagram=True,
+)
+
+time = BuiltinProtocol(
+    "time",
+    "RFC 868 time: seconds since 1900 as 4 big-endian bytes, then close",
+    "myserver.protocols.timeprotocol",
+    datagram=True,
+)
+
+chat = BuiltinProtocol(
+    "chat",
+    "a line-based chat room; members who cannot keep up are dropped",
+    "myserver.protocols.chat",
+)
