@@ -18,6 +18,7 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+    Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -189,9 +190,112 @@ class Ready(Resource):
         return b"ready\n"
 
 
-def adminSite(server: Any, datagrams: list[Any]) -> Site:
+# Process metrics that are not summed over workers: the largest is kept.
+_NOT_SUMMED = ("process_start_time_seconds", "process_max_fds")
+
+
+def sumExpositions(texts: list[str]) -> bytes:
+    """
+    Add up several Prometheus text expositions sample by sample (same name
+    and labels): the server's metrics summed over worker processes.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Any] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, family)
+            samples = values.setdefault(family.name, {})
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                if sample.name in _NOT_SUMMED:
+                    samples[key] = max(samples.get(key, sample.value), sample.value)
+                else:
+                    samples[key] = samples.get(key, 0.0) + sample.value
+
+    class Summed(Collector):
+        def collect(self) -> Iterator[Any]:
+            for name, family in families.items():
+                metric = Metric(family.name, family.documentation, family.type)
+                for (sampleName, labels), value in values[name].items():
+                    metric.add_sample(sampleName, dict(labels), value)
+                yield metric
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Summed())
+    return generate_latest(registry)
+
+
+class WorkerMetrics(Resource):
+    """
+    C{/metrics} of a parent with workers: this process's own metrics (its
+    UDP listeners, its process) plus every worker's, summed.
+    """
+
+    isLeaf = True
+
+    def __init__(self, local: CollectorRegistry, supervisor: Any, reactor: Any):
+        super().__init__()
+        self.local = local
+        self.supervisor = supervisor
+        self.reactor = reactor
+
+    def render_GET(self, request: Request) -> Any:
+        from twisted.internet.defer import gatherResults
+        from twisted.web.server import NOT_DONE_YET
+
+        fetches = [
+            self._fetch(self.supervisor.adminSocket(index))
+            for index in sorted(self.supervisor.workers)
+        ]
+
+        def respond(texts: list[str | None]) -> None:
+            own = generate_latest(self.local).decode()
+            body = sumExpositions([own, *(t for t in texts if t is not None)])
+            request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+            request.write(body)
+            request.finish()
+
+        gatherResults(fetches).addCallback(respond)
+        return NOT_DONE_YET
+
+    def _fetch(self, path: str) -> Deferred[str | None]:
+        """
+        One worker's metrics, or None if it does not answer (restarting).
+        """
+        from twisted.internet.endpoints import UNIXClientEndpoint
+        from twisted.web.client import Agent, readBody
+
+        reactor = self.reactor
+
+        class ToWorker:
+            def endpointForURI(self, uri: Any) -> Any:
+                return UNIXClientEndpoint(reactor, path, timeout=5)
+
+        agent = Agent.usingEndpointFactory(reactor, ToWorker())
+        d: Deferred[Any] = agent.request(b"GET", b"http://worker/metrics")
+        d.addCallback(readBody)
+        d.addCallback(lambda body: body.decode())
+        d.addErrback(lambda failure: None)
+        text: Deferred[str | None] = d
+        return text
+
+
+def adminSite(server: Any, datagrams: list[Any], supervisor: Any = None) -> Site:
+    """
+    @param supervisor: the L{myserver.workers.WorkerSupervisor}, when
+        workers serve the stream listeners: metrics are then summed over
+        them.
+    """
     root = Resource()
-    root.putChild(b"metrics", Metrics(metricsRegistry(server, datagrams)))
+    local = metricsRegistry(server, datagrams)
+    if supervisor is None:
+        root.putChild(b"metrics", Metrics(local))
+    else:
+        from twisted.internet import reactor
+
+        root.putChild(b"metrics", WorkerMetrics(local, supervisor, reactor))
     root.putChild(b"healthz", Health())
     root.putChild(b"readyz", Ready(server))
     site = Site(root)

@@ -313,7 +313,7 @@ def makeService(options: Options) -> IService:
         from myserver.admin import AdminService, adminSite
 
         datagrams = [t for _, t in targets if not isinstance(t, Guard)]
-        site = adminSite(server, datagrams)
+        site = adminSite(server, datagrams, supervisor)
         # Added before the server: stopping runs in reverse, so the server
         # starts draining (and /readyz says so) before the admin stops.
         AdminService(config.admin, site, server, reactor).setServiceParent(root)

@@ -268,6 +268,9 @@ class WorkerSupervisor(Service):
             childFDs[_FIRST_FD + position] = bound.forWorker(index).fileno()
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MYSERVER_")}
         environ["MYSERVER_WORKER"] = str(index)
+        # Each worker answers its own metrics on a private socket, which the
+        # parent's admin endpoint reads and sums.
+        environ["MYSERVER_ADMIN"] = "unix:" + self.adminSocket(index)
         environ["LISTEN_FDS"] = str(len(self.bound))
         environ["LISTEN_FDNAMES"] = ":".join(f"l{n}" for n in range(len(self.bound)))
         process = self.reactor.spawnProcess(
@@ -279,6 +282,9 @@ class WorkerSupervisor(Service):
         )
         self.workers[index] = worker
         log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
+
+    def adminSocket(self, index: int) -> str:
+        return os.path.join(self._directory, f"admin-{index}.sock")
 
     def workerEnded(self, worker: Worker, reason: Failure) -> None:
         if self.workers.get(worker.index) is worker:

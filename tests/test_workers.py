@@ -168,3 +168,33 @@ class WorkerTests(TestCase):
             self.assertLessEqual(count, 2, held)
         self.assertEqual(echoOnce(server.port, b"other address"), b"other address")
         self.assertEqual(server.stop(), 0)
+
+
+class WorkerMetricsTests(TestCase):
+    def test_metricsSummedOverWorkers(self) -> None:
+        """
+        The parent's admin endpoint reports the traffic of every worker.
+        """
+        from tests.test_admin import adminPort, scrape
+
+        server = ServerProcess(
+            "--workers", "2", "--admin", "tcp:0:interface=127.0.0.1"
+        ).start()
+        self.addCleanup(server.kill)
+        pids = workerPids(server, 2)
+        admin = adminPort(server)
+        clients = [
+            socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            for _ in range(40)
+        ]
+        for sock in clients:
+            sock.sendall(b"12345")
+            self.assertEqual(sock.recv(5), b"12345")
+        # Both workers hold some of them.
+        self.assertTrue(all(socketsOf(pid) > 1 for pid in pids.values()))
+        metrics = scrape(admin)
+        for sock in clients:
+            sock.close()
+        self.assertEqual(metrics[("myserver_connections_open", ())], 40)
+        self.assertEqual(metrics[("myserver_bytes_received_total", ())], 200)
+        self.assertEqual(server.stop(), 0)
