@@ -563,7 +563,7 @@ def load(
     workers = values.get("workers", Config.workers)
     for listener in resolved:
         kind = listener.endpoint.removeprefix("haproxy:").split(":", 1)[0].lower()
-        if workers > 1 and kind in ("ssl", "tls"):
+        if workers > 1 and kind in ("ssl", "tls", "tlsreload"):
             raise ConfigError(
                 f"{sources['workers']}: TLS listeners ({listener.endpoint}) are "
                 "served with workers = 1 only"
