@@ -173,16 +173,29 @@ class Guard:
         )
 
     def opened(self, connection: GuardedServer) -> None:
-        admission = self.admission
-        if admission.maxPerAddress and (host := hostOf(connection.getPeer())):
-            key = admission.addressKey(host)
-            connection.addressKey = key
-            admission.openByAddress[key] = admission.openByAddress.get(key, 0) + 1
+        if not getattr(connection.server, "proxied", False):
+            self._countAddress(connection, connection.getPeer())
         self.connections.add(connection)
         self.registry.add(connection)
         if self.maxConnections and len(self.connections) >= self.maxConnections:
             for port in self.ports:
                 port.stopReading()  # type: ignore[attr-defined]
+
+    def _countAddress(self, connection: GuardedServer, peer: Any) -> None:
+        admission = self.admission
+        if admission.maxPerAddress and (host := hostOf(peer)):
+            key = admission.addressKey(host)
+            connection.addressKey = key
+            admission.openByAddress[key] = admission.openByAddress.get(key, 0) + 1
+
+    def admitProxied(self, connection: GuardedServer, peer: Any) -> None:
+        """
+        The PROXY header of C{connection} names its real client, C{peer},
+        which the admission rules have let in: count it against the
+        per-address limit, and name it in logs.
+        """
+        connection.realPeer = peer
+        self._countAddress(connection, peer)
 
     def closed(self, connection: GuardedServer, reason: Failure) -> None:
         key = connection.addressKey
@@ -239,6 +252,8 @@ class GuardedServer(tcp.Server):
     bytesSent = 0
     bytesMovedAtSweep = 0
     addressKey: tuple[int, int] | None = None
+    # The client behind a PROXY-protocol proxy, once its header is read.
+    realPeer: Any = None
     _readPausedByGuard = False
     _readPausedByConsumer = False
     _readClosed = False
@@ -263,6 +278,12 @@ class GuardedServer(tcp.Server):
             except OSError:
                 pass  # Already reset by the peer: the first read says so.
         guard.opened(self)
+
+    def clientAddress(self) -> Any:
+        """
+        The client's address: the one a PROXY header named, if any.
+        """
+        return self.realPeer or self.getPeer()
 
     def pendingBytes(self) -> int:
         """

@@ -102,6 +102,8 @@ class GuardedPort:
     """
 
     guard: Guard
+    # Behind a PROXY-protocol proxy: admission waits for the header.
+    proxied = False
     backoff = 0.25
     numberAccepts = 100
     sessionno = 0
@@ -148,7 +150,7 @@ class GuardedPort:
             )
             addr = (host[0], *addr[1:])
         address = self._buildAddr(addr)  # type: ignore[attr-defined]
-        if guard.admission.active:
+        if guard.admission.active and not self.proxied:
             reason = guard.admission.refusal(hostOf(address))
             if reason is not None:
                 skt.close()
@@ -301,7 +303,10 @@ class GuardingReactor:
         return getattr(self._reactor, name)
 
     def _start(self, port: Any) -> IListeningPort:
+        from myserver.proxy import GuardedProxyFactory
+
         port.guard = self._guard
+        port.proxied = isinstance(port.factory, GuardedProxyFactory)
         port.startListening()
         listening: IListeningPort = port
         return listening
@@ -313,11 +318,27 @@ class GuardingReactor:
         backlog: int = 50,
         interface: str = "",
     ) -> IListeningPort:
-        return self._start(
-            GuardedTCPPort(
-                port, factory, self._backlog or backlog, interface, self._reactor
-            )
+        listening = GuardedTCPPort(
+            port,
+            self._proxied(factory),
+            self._backlog or backlog,
+            interface,
+            self._reactor,
         )
+        return self._start(listening)
+
+    def _proxied(self, factory: Any) -> Any:
+        """
+        A C{haproxy:} endpoint wraps the factory in Twisted's PROXY
+        protocol factory: put the guard-aware one in its place.
+        """
+        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+        if type(factory) is HAProxyWrappingFactory:
+            from myserver.proxy import GuardedProxyFactory
+
+            return GuardedProxyFactory(factory.wrappedFactory, self._guard)
+        return factory
 
     def listenUNIX(
         self,
@@ -353,11 +374,11 @@ class GuardingReactor:
     ) -> IListeningPort:
         if addressFamily == socket.AF_UNIX:
             port = GuardedUNIXPort._fromListeningDescriptor(
-                self._reactor, fileDescriptor, factory
+                self._reactor, fileDescriptor, self._proxied(factory)
             )
         elif addressFamily in (socket.AF_INET, socket.AF_INET6):
             port = GuardedTCPPort._fromListeningDescriptor(
-                self._reactor, fileDescriptor, addressFamily, factory
+                self._reactor, fileDescriptor, addressFamily, self._proxied(factory)
             )
         else:
             from twisted.internet.error import UnsupportedAddressFamily

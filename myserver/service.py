@@ -146,7 +146,7 @@ class ConnectionRegistry:
         if self.logConnections:
             log.debug(
                 "connection from {peer} opened",
-                peer=describeAddress(connection.getPeer()),
+                peer=describeAddress(connection.clientAddress()),
             )
 
     def remove(self, connection: GuardedServer, reason: Failure) -> None:
@@ -169,7 +169,7 @@ class ConnectionRegistry:
             log.debug(
                 "connection from {peer} closed after {duration:.3f}s: "
                 "{bytes_in} bytes in, {bytes_out} bytes out ({reason})",
-                peer=describeAddress(connection.getPeer()),
+                peer=describeAddress(connection.clientAddress()),
                 duration=connection.guard.clock.seconds() - connection.openedAt,
                 bytes_in=connection.bytesReceived,
                 bytes_out=connection.bytesSent,
