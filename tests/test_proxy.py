@@ -43,7 +43,7 @@ def exchange(sock: socket.socket, payload: bytes) -> bytes:
         sock.shutdown(socket.SHUT_WR)
         while data := sock.recv(65536):
             received += data
-    except (ConnectionResetError, BrokenPipeError):
+    except OSError:  # reset, broken pipe, or already disconnected
         pass
     return received
 
