@@ -11,13 +11,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: run test install lint trial pytest clean
+.PHONY: run test install lint trial pytest image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 install: $(BIN)/python
-	$(PIP) install ".[test,lint]"
+	$(PIP) install ".[test,lint,deploy]"
 
 run: install
 	$(BIN)/twistd -n --pidfile= myserver
@@ -33,7 +33,14 @@ trial: install
 pytest: install
 	$(BIN)/python -m pytest tests
 
-test: lint trial pytest
+# Build and run the container image with podman, where podman is installed
+# (.ci/run installs it: in CI the image test always runs).
+image:
+	@if command -v podman >/dev/null; then docker/ci-image-test; \
+	elif [ "$$CI" = true ]; then echo "podman is not installed" >&2; exit 1; \
+	else echo "image test skipped: podman is not installed"; fi
+
+test: lint image trial pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp .pytest_cache .mypy_cache .ruff_cache .hypothesis
