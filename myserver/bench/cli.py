@@ -1,0 +1,343 @@
+"""
+C{myserver-bench [scenario ...] [options]}: start myserver and its peers,
+load each the same way, interleave repetitions, report medians and ratios.
+
+Scenarios: C{pingpong} (N connections each sending S bytes and waiting for
+the whole echo, for T seconds), C{connect-rate} (N clients at once: connect,
+send S bytes, half-close, read to EOF, close), C{idle-hold} (N idle
+connections: server memory per connection), C{cost} (instructions per
+echoed message under callgrind: two message counts, the difference divided
+by the difference, so that start-up cancels out; needs valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.util import find_spec
+from typing import Any
+
+from myserver.bench.load import Result, WrongBytes, generate
+
+SCENARIOS = ("pingpong", "connect-rate", "idle-hold", "cost")
+_LISTENING = re.compile(r"listening on tcp:127\.0\.0\.1:(\d+)")
+
+
+def availableServers() -> list[str]:
+    servers = ["myserver", "twisted", "asyncio"]
+    if find_spec("uvloop") is not None:
+        servers.append("uvloop")
+    return servers
+
+
+def _cpus() -> tuple[set[int] | None, set[int] | None]:
+    """
+    The server's CPU and the load's, when there are two or more.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, set(cpus[1:])
+
+
+def serverCommand(kind: str, portFile: str, serverArgs: list[str]) -> list[str]:
+    if kind == "myserver":
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        return [
+            twistd, "-n", "--pidfile=", "myserver",
+            "--listen", "tcp:0:interface=127.0.0.1:backlog=1024",
+            *serverArgs,
+        ]  # fmt: skip
+    return [sys.executable, "-m", "myserver.bench.peers", kind, portFile]
+
+
+@contextmanager
+def running(
+    kind: str, serverArgs: list[str], prefix: list[str] | None = None
+) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """
+    Start a server, wait for its port, stop it afterwards.
+    """
+    serverCpu, _ = _cpus()
+    with tempfile.TemporaryDirectory() as scratch:
+        portFile = os.path.join(scratch, "port")
+        process = subprocess.Popen(
+            [*(prefix or []), *serverCommand(kind, portFile, serverArgs)],
+            cwd=scratch,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, serverCpu))
+            if serverCpu
+            else None,
+        )
+        try:
+            yield _port(kind, process, portFile), process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _port(kind: str, process: subprocess.Popen[str], portFile: str) -> int:
+    deadline = time.monotonic() + 300
+    if kind == "myserver":
+        assert process.stdout is not None
+        for line in process.stdout:
+            match = _LISTENING.search(line)
+            if match:
+                # Keep draining its output so that it never blocks on it.
+                import threading
+
+                threading.Thread(target=process.stdout.read, daemon=True).start()
+                return int(match.group(1))
+        raise RuntimeError("myserver exited before listening")
+    while time.monotonic() < deadline:
+        if os.path.exists(portFile):
+            with open(portFile) as f:
+                return int(f.read())
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind} exited before listening")
+        time.sleep(0.05)
+    raise RuntimeError(f"{kind} never listened")
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def runLoad(kind: str, scenario: str, options: argparse.Namespace) -> dict[str, Any]:
+    _, loadCpus = _cpus()
+    with running(kind, options.server_args) as (port, _):
+        result: Result = generate(
+            scenario,
+            port,
+            options.connections,
+            options.size,
+            options.seconds,
+            options.processes,
+            loadCpus,
+        )
+    return {
+        "rate": result.rate,
+        "operations": result.operations,
+        "p50_ms": percentile(result.latencies, 0.50) * 1000,
+        "p99_ms": percentile(result.latencies, 0.99) * 1000,
+        "verified": True,
+    }
+
+
+def runIdleHold(kind: str, options: argparse.Namespace) -> dict[str, Any]:
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    count = min(options.connections, hard - 100)
+    with running(kind, options.server_args) as (port, process):
+        time.sleep(0.5)
+        before = rss(process.pid)
+        held = []
+        for _ in range(count):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+        time.sleep(1.0)
+        during = rss(process.pid)
+        for sock in held:
+            sock.close()
+    return {
+        "connections": count,
+        "bytes_per_connection": (during - before) / count if count else 0.0,
+    }
+
+
+def _pingpongCount(
+    port: int, messages: int, size: int = 1024, connections: int = 10
+) -> None:
+    clients = [
+        socket.create_connection(("127.0.0.1", port), timeout=600)
+        for _ in range(connections)
+    ]
+    for client in clients:
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    message = b"m" * size
+    for _ in range(messages // connections):
+        for client in clients:
+            client.sendall(message)
+        for client in clients:
+            received = 0
+            while received < size:
+                data = client.recv(65536)
+                if not data:
+                    raise WrongBytes("server closed during the cost run")
+                received += len(data)
+    for client in clients:
+        client.close()
+
+
+def runCost(kind: str, options: argparse.Namespace) -> dict[str, Any]:
+    """
+    Instructions per echoed 1 KiB message under callgrind.
+    """
+    totals = []
+    counts = (2000, 6000) if not options.quick else (200, 600)
+    for messages in counts:
+        with tempfile.TemporaryDirectory() as scratch:
+            out = os.path.join(scratch, "callgrind.out")
+            prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+            with running(kind, options.server_args, prefix) as (port, _):
+                _pingpongCount(port, messages)
+            with open(out) as f:
+                summary = next(
+                    line for line in f if line.startswith(("summary:", "totals:"))
+                )
+            totals.append(int(summary.split()[1]))
+    return {
+        "instructions_per_message": (totals[1] - totals[0]) / (counts[1] - counts[0])
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="myserver-bench", description=__doc__)
+    parser.add_argument("scenarios", nargs="*", default=["pingpong", "connect-rate"])
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--processes", type=int, default=max(1, (os.cpu_count() or 2) - 1)
+    )
+    parser.add_argument("--servers", default=",".join(availableServers()))
+    parser.add_argument("--server-args", default="", help="extra myserver options")
+    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--quick", action="store_true", help="a tiny run, for CI")
+    options = parser.parse_args(argv)
+    options.server_args = options.server_args.split()
+    if options.quick:
+        options.seconds, options.repeat = 1.0, 1
+        options.connections = min(options.connections, 10)
+    servers = [s for s in options.servers.split(",") if s]
+    unknown = [s for s in options.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(
+            f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})"
+        )
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    try:
+        for scenario in options.scenarios:
+            results[scenario] = {server: [] for server in servers}
+            for _ in range(
+                options.repeat if scenario in ("pingpong", "connect-rate") else 1
+            ):
+                for server in servers:
+                    print(f"{scenario}: {server}...", file=sys.stderr, flush=True)
+                    if scenario == "idle-hold":
+                        measured = runIdleHold(server, options)
+                    elif scenario == "cost":
+                        measured = runCost(server, options)
+                    else:
+                        measured = runLoad(server, scenario, options)
+                    results[scenario][server].append(measured)
+    except WrongBytes as e:
+        print(f"myserver-bench: error: wrong bytes echoed: {e}", file=sys.stderr)
+        return 1
+    report = summarise(results, options)
+    print(table(report))
+    if options.json:
+        with open(options.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+def summarise(
+    results: dict[str, dict[str, list[dict[str, Any]]]], options: argparse.Namespace
+) -> dict[str, Any]:
+    """
+    Medians over repetitions, and myserver's ratio to each peer.
+    """
+    report: dict[str, Any] = {
+        "settings": {
+            "connections": options.connections,
+            "size": options.size,
+            "seconds": options.seconds,
+            "repeat": options.repeat,
+            "cpus": len(os.sched_getaffinity(0)),
+        },
+        "scenarios": {},
+    }
+    for scenario, byServer in results.items():
+        medians = {
+            server: {
+                key: statistics.median(run[key] for run in runs)
+                for key in runs[0]
+                if isinstance(runs[0][key], int | float)
+                and not isinstance(runs[0][key], bool)
+            }
+            | {"verified": all(run.get("verified", True) for run in runs)}
+            for server, runs in byServer.items()
+            if runs
+        }
+        metric = {
+            "pingpong": "rate",
+            "connect-rate": "rate",
+            "idle-hold": "bytes_per_connection",
+            "cost": "instructions_per_message",
+        }[scenario]
+        ratios = {}
+        if "myserver" in medians:
+            mine = medians["myserver"][metric]
+            for server, values in medians.items():
+                if server != "myserver" and values[metric]:
+                    ratios[server] = mine / values[metric]
+        report["scenarios"][scenario] = {
+            "metric": metric,
+            "servers": medians,
+            "ratio_of_myserver_to": ratios,
+        }
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = []
+    for scenario, data in report["scenarios"].items():
+        lines.append(f"{scenario} ({data['metric']}, median)")
+        for server, values in data["servers"].items():
+            extra = ""
+            if "p50_ms" in values:
+                extra = (
+                    f"  p50 {values['p50_ms']:.2f} ms  p99 {values['p99_ms']:.2f} ms"
+                )
+            ratio = data["ratio_of_myserver_to"].get(server)
+            shown = f"  myserver/{server} = {ratio:.2f}" if ratio else ""
+            lines.append(
+                f"  {server:<10} {values[data['metric']]:>12.1f}{extra}{shown}"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
