@@ -98,6 +98,21 @@ class KubernetesTests(TestCase):
 
 
 class ComposeTests(TestCase):
+    def test_composeConfig(self) -> None:
+        """
+        podman-compose resolves the file, with and without the haproxy
+        profile (it refuses malformed files).
+        """
+        for profile in ([], ["--profile", "haproxy"]):
+            result = subprocess.run(
+                [tool("podman-compose"), "-f", str(DOCKER / "compose.yaml"), *profile,
+                 "config"],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            self.assertEqual(result.returncode, 0, result.stderr)
+            resolved = yaml.safe_load(result.stdout)
+            self.assertIn("myserver", resolved["services"])
+
     def test_compose(self) -> None:
         compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
         service = compose["services"]["myserver"]
