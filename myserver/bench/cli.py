@@ -7,7 +7,8 @@ the whole echo, for T seconds), C{connect-rate} (N clients at once: connect,
 send S bytes, half-close, read to EOF, close), C{idle-hold} (N idle
 connections: server memory per connection), C{cost} (instructions per
 echoed message under callgrind: two message counts, the difference divided
-by the difference, so that start-up cancels out; needs valgrind).
+by the difference, so that start-up cancels out; needs valgrind),
+C{syscalls} (system calls per echoed message under C{strace -c}).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 from myserver.bench.load import Result, WrongBytes, generate
 
-SCENARIOS = ("pingpong", "connect-rate", "idle-hold", "cost")
+SCENARIOS = ("pingpong", "connect-rate", "idle-hold", "cost", "syscalls")
 _LISTENING = re.compile(r"listening on tcp:127\.0\.0\.1:(\d+)")
 
 
@@ -221,6 +222,77 @@ def runCost(kind: str, options: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def runSyscalls(kind: str, options: argparse.Namespace) -> dict[str, Any]:
+    """
+    System calls per echoed 1 KiB message, counted by C{strace -c} attached
+    to the server for a fixed number of messages.
+    """
+    messages = 2000 if options.quick else 20000
+    with running(kind, options.server_args) as (port, process):
+        _pingpongCount(port, 100)
+        with tempfile.TemporaryDirectory() as scratch:
+            out = os.path.join(scratch, "strace")
+            tracer = subprocess.Popen(
+                ["strace", "-c", "-f", "-o", out, "-p", str(process.pid)],
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1.0)
+            _pingpongCount(port, messages)
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(60)
+            with open(out) as f:
+                total = next(
+                    int(line.split()[3])
+                    for line in f
+                    if line.rstrip().endswith("total")
+                )
+    return {"syscalls_per_message": total / messages}
+
+
+def plot(report: dict[str, Any], path: str) -> bool:
+    """
+    Bars of myserver's ratio to each peer, per scenario (matplotlib, from
+    the [bench] extra).
+
+    @return: whether a plot was written.
+    """
+    from importlib import import_module
+
+    try:
+        import_module("matplotlib").use("Agg")
+        plt: Any = import_module("matplotlib.pyplot")
+    except ImportError:
+        print("no plot: matplotlib is not installed", file=sys.stderr)
+        return False
+    scenarios = [
+        (name, data)
+        for name, data in report["scenarios"].items()
+        if data["ratio_of_myserver_to"]
+    ]
+    figure, axes = plt.subplots(
+        1, max(1, len(scenarios)), figsize=(4 * len(scenarios) + 1, 4)
+    )
+    axesList = axes if len(scenarios) > 1 else [axes]
+    for axis, (name, data) in zip(axesList, scenarios, strict=False):
+        peers = list(data["ratio_of_myserver_to"])
+        ratios = [data["ratio_of_myserver_to"][p] for p in peers]
+        higherIsBetter = data["metric"] == "rate"
+        colours = [
+            "tab:green" if (r >= 1) == higherIsBetter else "tab:red" for r in ratios
+        ]
+        axis.bar(peers, ratios, color=colours)
+        axis.axhline(1.0, color="black", linewidth=0.8)
+        better = "higher" if higherIsBetter else "lower"
+        axis.set_title(
+            f"{name}: myserver / peer\n({data['metric']}, {better} is better)"
+        )
+        for x, ratio in enumerate(ratios):
+            axis.text(x, ratio, f"{ratio:.2f}", ha="center", va="bottom")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="myserver-bench", description=__doc__)
     parser.add_argument("scenarios", nargs="*", default=["pingpong", "connect-rate"])
@@ -234,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", default=",".join(availableServers()))
     parser.add_argument("--server-args", default="", help="extra myserver options")
     parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--plot", help="write a PNG of the ratios to this file")
     parser.add_argument("--quick", action="store_true", help="a tiny run, for CI")
     options = parser.parse_args(argv)
     options.server_args = options.server_args.split()
@@ -259,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                         measured = runIdleHold(server, options)
                     elif scenario == "cost":
                         measured = runCost(server, options)
+                    elif scenario == "syscalls":
+                        measured = runSyscalls(server, options)
                     else:
                         measured = runLoad(server, scenario, options)
                     results[scenario][server].append(measured)
@@ -270,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     if options.json:
         with open(options.json, "w") as f:
             json.dump(report, f, indent=2)
+    if options.plot:
+        plot(report, options.plot)
     return 0
 
 
@@ -306,6 +383,7 @@ def summarise(
             "connect-rate": "rate",
             "idle-hold": "bytes_per_connection",
             "cost": "instructions_per_message",
+            "syscalls": "syscalls_per_message",
         }[scenario]
         ratios = {}
         if "myserver" in medians:
@@ -334,7 +412,7 @@ def table(report: dict[str, Any]) -> str:
             ratio = data["ratio_of_myserver_to"].get(server)
             shown = f"  myserver/{server} = {ratio:.2f}" if ratio else ""
             lines.append(
-                f"  {server:<10} {values[data['metric']]:>12.1f}{extra}{shown}"
+                f"  {server:<10} {values[data['metric']]:>12.2f}{extra}{shown}"
             )
     return "\n".join(lines)
 

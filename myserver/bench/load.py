@@ -35,11 +35,12 @@ class Result:
 
 
 def _loop() -> None:
+    from importlib import import_module
+
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import_module("uvloop").install()
     except ImportError:
         return
-    uvloop.install()
 
 
 async def _readExactly(reader: asyncio.StreamReader, size: int) -> bytes:

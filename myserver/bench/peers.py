@@ -57,9 +57,9 @@ def _asyncioServer(portFile: str) -> None:
 
 
 def uvloop(portFile: str) -> None:
-    import uvloop as loop  # type: ignore[import-not-found]
+    from importlib import import_module
 
-    loop.install()
+    import_module("uvloop").install()
     _asyncioServer(portFile)
 
 
