@@ -17,7 +17,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 install: $(BIN)/python
-	$(PIP) install ".[test,lint,deploy]"
+	$(PIP) install ".[test,lint,deploy,bench]"
 
 run: install
 	$(BIN)/twistd -n --pidfile= myserver

@@ -248,6 +248,9 @@ class GuardedServer(tcp.Server):
     @ivar openedAt: when the connection was accepted (the guard's clock).
     """
 
+    # Errors are isolated here, and logs use twisted.logger: the reactor
+    # may skip the legacy log context (L{myserver.reactor}).
+    directDispatch = True
     bytesReceived = 0
     bytesSent = 0
     bytesMovedAtSweep = 0
@@ -396,6 +399,10 @@ class GuardedServer(tcp.Server):
             return
         try:
             super().connectionLost(reason)
+        except Exception:
+            # The protocol's connectionLost raised: the connection is closed
+            # all the same; say which protocol, as for its other methods.
+            self.guard.protocolFailed("connectionLost", self.getPeer())
         finally:
             self.guard.closed(self, reason)
 

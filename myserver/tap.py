@@ -100,7 +100,11 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         from myserver.plugins import discover
+        from myserver.reactor import installUnlessChosen
 
+        # Before anything imports the default reactor: twistd installs the
+        # one named by --reactor while parsing its own options, earlier.
+        installUnlessChosen()
         discovery = discover()
         if self["list-protocols"]:
             for name in sorted(discovery.protocols):

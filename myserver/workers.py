@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from myserver.config import Config, ConfigError, Listener, render
+from myserver.reactor import reactorName
 
 log = Logger(namespace="myserver.workers")
 
@@ -273,10 +274,13 @@ class WorkerSupervisor(Service):
         environ["MYSERVER_ADMIN"] = "unix:" + self.adminSocket(index)
         environ["LISTEN_FDS"] = str(len(self.bound))
         environ["LISTEN_FDNAMES"] = ":".join(f"l{n}" for n in range(len(self.bound)))
+        # Workers run the parent's kind of reactor (twistd -r NAME).
+        name = reactorName(self.reactor)
+        reactor = [name] if name else []
         process = self.reactor.spawnProcess(
             worker,
             sys.executable,
-            [sys.executable, "-m", "myserver.workers", self.configPath],
+            [sys.executable, "-m", "myserver.workers", self.configPath, *reactor],
             env=environ,
             childFDs=childFDs,
         )
@@ -355,7 +359,8 @@ def _describe(sock: socket.socket) -> str:
 
 def main() -> None:
     """
-    A worker: C{python -m myserver.workers CONFIG}.  The listening sockets
+    A worker: C{python -m myserver.workers CONFIG [REACTOR]}, REACTOR being
+    a twistd C{--reactor} name.  The listening sockets
     arrive as descriptors 3, 4, ... with LISTEN_FDS set by the parent; the
     systemd convention also wants LISTEN_PID to be this process, which only
     this process can know.
@@ -366,7 +371,9 @@ def main() -> None:
     os.setpgid(0, 0)
     from twisted.scripts.twistd import run
 
-    sys.argv = ["twistd", "-n", "--pidfile=", "myserver", "--config", sys.argv[1]]
+    config, *reactor = sys.argv[1:]
+    chosen = ["--reactor", reactor[0]] if reactor else []
+    sys.argv = ["twistd", "-n", "--pidfile=", *chosen, "myserver", "--config", config]
     run()
 
 

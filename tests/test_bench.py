@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import Any
 
 from twisted.trial.unittest import TestCase
 
@@ -46,26 +47,87 @@ def wrongEchoServer() -> tuple[int, threading.Event]:
     return listener.getsockname()[1], stop
 
 
+BENCH = os.path.join(os.path.dirname(sys.executable), "myserver-bench")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
 class BenchTests(TestCase):
-    def test_quickRun(self) -> None:
+    def bench(self, *args: str) -> tuple[dict[str, Any], str, str]:
+        """
+        Run myserver-bench; return its JSON report, output and errors.
+        """
         out = os.path.abspath(self.mktemp())
-        script = os.path.join(os.path.dirname(sys.executable), "myserver-bench")
         result = subprocess.run(
-            [script, "pingpong", "connect-rate", "--quick", "--servers",
-             "myserver,twisted,asyncio", "--json", out],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [BENCH, *args, "--quick", "--json", out],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         self.assertEqual(result.returncode, 0, result.stderr)
         with open(out) as f:
-            report = json.load(f)
+            return json.load(f), result.stdout, result.stderr
+
+    def test_quickRun(self) -> None:
+        """
+        Every server gets verified rates and myserver a ratio to each, the
+        uvloop peer and myserver on Twisted's asyncio reactor over uvloop
+        among them; the runs are announced one line each, counted.
+        """
+        servers = {"myserver", "twisted", "asyncio", "uvloop", "myserver@uvloop"}
+        report, out, err = self.bench(
+            "pingpong", "connect-rate", "--servers", ",".join(sorted(servers))
+        )
         for scenario in ("pingpong", "connect-rate"):
             data = report["scenarios"][scenario]
-            self.assertEqual(set(data["servers"]), {"myserver", "twisted", "asyncio"})
+            self.assertEqual(set(data["servers"]), servers)
             for values in data["servers"].values():
                 self.assertGreater(values["rate"], 0)
                 self.assertTrue(values["verified"])
-            self.assertEqual(set(data["ratio_of_myserver_to"]), {"twisted", "asyncio"})
-        self.assertIn("myserver/twisted", result.stdout)
+            self.assertEqual(set(data["ratio_of_myserver_to"]), servers - {"myserver"})
+        self.assertIn("myserver/twisted", out)
+        self.assertIn("[1/10] pingpong: asyncio...", err)
+        self.assertIn("[10/10] connect-rate: uvloop...", err)
+
+    def test_syscallsAndPlot(self) -> None:
+        """
+        System calls per message under strace, for myserver and a peer on
+        another reactor, and the plot of the ratio.
+        """
+        plot = os.path.abspath(self.mktemp())
+        report, _, _ = self.bench(
+            "syscalls", "--servers", "myserver,myserver@epoll", "--plot", plot
+        )
+        data = report["scenarios"]["syscalls"]
+        for values in data["servers"].values():
+            self.assertGreater(values["syscalls_per_message"], 1.0)
+        self.assertIn("myserver@epoll", data["ratio_of_myserver_to"])
+        with open(plot, "rb") as f:
+            self.assertEqual(f.read(8), PNG)
+
+    def test_cost(self) -> None:
+        """
+        Instructions per message under callgrind: the difference of two
+        runs, so a positive count that start-up does not swamp.
+        """
+        report, _, _ = self.bench("cost", "--servers", "myserver")
+        cost = report["scenarios"]["cost"]["servers"]["myserver"]
+        self.assertGreater(cost["instructions_per_message"], 1000)
+
+    def test_progressBarOnTerminal(self) -> None:
+        """
+        On a terminal (script(1) gives it one), a rich progress bar shows
+        the run in progress and how many are done.
+        """
+        result = subprocess.run(
+            ["script", "-qec", f"{BENCH} pingpong --quick --servers myserver",
+             "/dev/null"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 0, result.stdout)
+        self.assertIn("pingpong: myserver", result.stdout)
+        self.assertIn("1/1", result.stdout)
+        self.assertIn("\u2501", result.stdout)  # the bar
+        self.assertNotIn("[1/1]", result.stdout)  # not the line form
 
     def test_wrongByteFailsLoudly(self) -> None:
         port, stop = wrongEchoServer()

@@ -90,6 +90,11 @@ BROKEN = """
             if b"boom" in data:
                 raise ValueError("dataReceived went wrong")
             self.transport.write(data)
+            self.lastWords = b"last" in data
+
+        def connectionLost(self, reason):
+            if getattr(self, "lastWords", False):
+                raise KeyError("connectionLost went wrong")
 
 
     @implementer(IPlugin, IProtocolPlugin)
@@ -210,7 +215,7 @@ class IsolationTests(TestCase):
                     ("127.0.0.1", server.port), timeout=10
                 ) as sock:
                     try:
-                        sock.sendall(b"boom" if i % 2 else b"fine")
+                        sock.sendall([b"fine", b"boom", b"last", b"boom"][i % 4])
                         sock.shutdown(socket.SHUT_WR)
                         outcomes.append(sock.recv(100))
                     except ConnectionResetError:
@@ -223,12 +228,14 @@ class IsolationTests(TestCase):
         # Clients that sent "boom", or came at a third connection, got
         # nothing; the others got their echo.
         self.assertIn(b"fine", outcomes)
+        self.assertIn(b"last", outcomes)
         self.assertNotIn(b"boom", outcomes)
         output = server.output
         self.assertIn("protocol broken raised an exception in dataReceived", output)
         self.assertIn("protocol broken raised an exception in connectionMade", output)
+        self.assertIn("protocol broken raised an exception in connectionLost", output)
         self.assertIn("ValueError: dataReceived went wrong", output)
-        # Six failures in dataReceived, one traceback: the rest are counted.
+        # Four failures in dataReceived, one traceback: the rest are counted.
         self.assertEqual(output.count("ValueError: dataReceived went wrong"), 1)
 
 

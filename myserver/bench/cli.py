@@ -30,6 +30,7 @@ from importlib.util import find_spec
 from typing import Any
 
 from myserver.bench.load import Result, WrongBytes, generate
+from myserver.bench.progress import progress
 
 SCENARIOS = ("pingpong", "connect-rate", "idle-hold", "cost", "syscalls")
 _LISTENING = re.compile(r"listening on tcp:127\.0\.0\.1:(\d+)")
@@ -53,10 +54,21 @@ def _cpus() -> tuple[set[int] | None, set[int] | None]:
 
 
 def serverCommand(kind: str, portFile: str, serverArgs: list[str]) -> list[str]:
-    if kind == "myserver":
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    """
+    The command that starts server C{kind}: C{myserver}, C{myserver@REACTOR}
+    (myserver on a twistd C{--reactor}, or on asyncio over uvloop for
+    C{myserver@uvloop}), or a peer from L{myserver.bench.peers}.
+    """
+    if kind.startswith("myserver"):
+        reactor = kind.partition("@")[2]
+        if reactor == "uvloop":
+            twistd = [sys.executable, "-m", "myserver.bench.twistd_uvloop"]
+        else:
+            twistd = [os.path.join(os.path.dirname(sys.executable), "twistd")]
+            if reactor:
+                twistd += ["--reactor", reactor]
         return [
-            twistd, "-n", "--pidfile=", "myserver",
+            *twistd, "-n", "--pidfile=", "myserver",
             "--listen", "tcp:0:interface=127.0.0.1:backlog=1024",
             *serverArgs,
         ]  # fmt: skip
@@ -97,7 +109,7 @@ def running(
 
 def _port(kind: str, process: subprocess.Popen[str], portFile: str) -> int:
     deadline = time.monotonic() + 300
-    if kind == "myserver":
+    if kind.startswith("myserver"):
         assert process.stdout is not None
         for line in process.stdout:
             match = _LISTENING.search(line)
@@ -289,7 +301,7 @@ def plot(report: dict[str, Any], path: str) -> bool:
         for x, ratio in enumerate(ratios):
             axis.text(x, ratio, f"{ratio:.2f}", ha="center", va="bottom")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")
     return True
 
 
@@ -303,7 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processes", type=int, default=max(1, (os.cpu_count() or 2) - 1)
     )
-    parser.add_argument("--servers", default=",".join(availableServers()))
+    parser.add_argument(
+        "--servers",
+        default=",".join(availableServers()),
+        help="comma-separated: myserver, twisted, asyncio, uvloop, and "
+        "myserver@REACTOR (a twistd --reactor name, or uvloop: Twisted's "
+        "asyncio reactor on a uvloop loop)",
+    )
     parser.add_argument("--server-args", default="", help="extra myserver options")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--plot", help="write a PNG of the ratios to this file")
@@ -320,23 +338,28 @@ def main(argv: list[str] | None = None) -> int:
             f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})"
         )
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    runs = [
+        (scenario, server)
+        for scenario in options.scenarios
+        for _ in range(
+            options.repeat if scenario in ("pingpong", "connect-rate") else 1
+        )
+        for server in servers
+    ]
     try:
-        for scenario in options.scenarios:
-            results[scenario] = {server: [] for server in servers}
-            for _ in range(
-                options.repeat if scenario in ("pingpong", "connect-rate") else 1
-            ):
-                for server in servers:
-                    print(f"{scenario}: {server}...", file=sys.stderr, flush=True)
-                    if scenario == "idle-hold":
-                        measured = runIdleHold(server, options)
-                    elif scenario == "cost":
-                        measured = runCost(server, options)
-                    elif scenario == "syscalls":
-                        measured = runSyscalls(server, options)
-                    else:
-                        measured = runLoad(server, scenario, options)
-                    results[scenario][server].append(measured)
+        with progress(len(runs)) as shown:
+            for scenario, server in runs:
+                shown.start(f"{scenario}: {server}")
+                if scenario == "idle-hold":
+                    measured = runIdleHold(server, options)
+                elif scenario == "cost":
+                    measured = runCost(server, options)
+                elif scenario == "syscalls":
+                    measured = runSyscalls(server, options)
+                else:
+                    measured = runLoad(server, scenario, options)
+                results.setdefault(scenario, {}).setdefault(server, []).append(measured)
+                shown.finish()
     except WrongBytes as e:
         print(f"myserver-bench: error: wrong bytes echoed: {e}", file=sys.stderr)
         return 1
@@ -345,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     if options.json:
         with open(options.json, "w") as f:
             json.dump(report, f, indent=2)
-    if options.plot:
-        plot(report, options.plot)
+    if options.plot and not plot(report, options.plot):
+        return 1
     return 0
 
 
@@ -412,7 +435,7 @@ def table(report: dict[str, Any]) -> str:
             ratio = data["ratio_of_myserver_to"].get(server)
             shown = f"  myserver/{server} = {ratio:.2f}" if ratio else ""
             lines.append(
-                f"  {server:<10} {values[data['metric']]:>12.2f}{extra}{shown}"
+                f"  {server:<16} {values[data['metric']]:>12.2f}{extra}{shown}"
             )
     return "\n".join(lines)
 

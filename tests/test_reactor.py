@@ -1,0 +1,164 @@
+"""
+myserver's reactor (L{myserver.reactor}): guarded connections are called
+without Twisted's per-event legacy log context, everything else as Twisted
+does; it is the default, and any other reactor twistd offers serves the same.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.abstract import FileDescriptor
+from twisted.python import context, log
+from twisted.trial.unittest import TestCase
+
+from myserver.reactor import DirectEPollReactor, reactorName
+from tests.support import ServerProcess, assertNoTraceback, echoOnce
+
+
+class Readable(FileDescriptor):
+    """
+    One end of a socket pair, recording the legacy log context it was
+    called in.
+    """
+
+    def __init__(self, reactor: Any, sock: socket.socket, prefix: str) -> None:
+        super().__init__(reactor)
+        self.socket = sock
+        self.prefix = prefix
+        self.systems: list[str] = []
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def logPrefix(self) -> str:
+        return self.prefix
+
+    def doRead(self) -> None:
+        self.systems.append(context.get(log.ILogContext)["system"])
+        self.socket.recv(100)
+
+
+class Direct(Readable):
+    directDispatch = True
+
+
+class RaisesWhenLost(Direct):
+    def doRead(self) -> Any:
+        from twisted.internet.main import CONNECTION_LOST
+
+        return CONNECTION_LOST
+
+    def connectionLost(self, reason: Any) -> None:
+        raise RuntimeError("connectionLost went wrong")
+
+
+class DispatchTests(TestCase):
+    """
+    L{DirectEPollReactor.doPoll} over real socket pairs.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = DirectEPollReactor()
+        self.addCleanup(self.reactor._uninstallHandler)
+        self.addCleanup(self.reactor.waker.connectionLost, None)
+        self.addCleanup(self.reactor._poller.close)
+
+    def readable(self, kind: type[Readable], prefix: str) -> Readable:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        theirs.sendall(b"x")
+        selectable = kind(self.reactor, ours, prefix)
+        self.reactor.addReader(selectable)
+        self.addCleanup(self.reactor.removeReader, selectable)
+        return selectable
+
+    def test_directWithoutContext(self) -> None:
+        """
+        A C{directDispatch} selectable is called without a log context of
+        its own; any other one in its C{logPrefix}, as Twisted does.
+        """
+        direct = self.readable(Direct, "direct")
+        plain = self.readable(Readable, "plain")
+        self.reactor.doPoll(1)
+        self.assertEqual(direct.systems, ["-"])
+        self.assertEqual(plain.systems, ["plain"])
+
+    def test_errorIsLoggedOthersServed(self) -> None:
+        """
+        An exception escaping a direct selectable's handling is logged, and
+        the other descriptors ready in the same poll are still served.
+        """
+        self.readable(RaisesWhenLost, "raises")
+        others = [self.readable(Direct, f"other{n}") for n in range(3)]
+        self.reactor.doPoll(1)
+        self.assertEqual([o.systems for o in others], [["-"]] * 3)
+        errors = self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(len(errors), 1)
+
+    def test_reactorName(self) -> None:
+        """
+        Workers are told the parent's reactor by its twistd name.
+        """
+        self.assertEqual(reactorName(self.reactor), "myserver")
+        self.assertIsNone(reactorName(object()))
+
+
+class ReactorChoiceTests(TestCase):
+    """
+    The reactor myserver runs on, by default and when twistd is told one.
+    """
+
+    def serve(self, *args: str, twistdArgs: tuple[str, ...] = ()) -> ServerProcess:
+        server = ServerProcess(*args, twistdArgs=twistdArgs).start()
+        self.addCleanup(server.kill)
+        payload = bytes(range(256)) * 1024
+        self.assertEqual(echoOnce(server.port, payload), payload)
+        return server
+
+    def reactorClasses(self, server: ServerProcess) -> list[str]:
+        return [
+            line.split("reactor class: ")[1].strip().rstrip(".")
+            for line in server.lines
+            if "reactor class: " in line
+        ]
+
+    def test_default(self) -> None:
+        """
+        Without C{--reactor}, myserver installs its own.
+        """
+        server = self.serve()
+        self.assertEqual(
+            self.reactorClasses(server), ["myserver.reactor.DirectEPollReactor"]
+        )
+        self.assertEqual(server.stop(), 0)
+        assertNoTraceback(self, server.output)
+
+    def test_othersServeTheSame(self) -> None:
+        """
+        Twisted's own reactors, chosen with C{twistd --reactor}, echo every
+        byte after a half-close just the same.
+        """
+        for name, kind in [
+            ("epoll", "twisted.internet.epollreactor.EPollReactor"),
+            ("poll", "twisted.internet.pollreactor.PollReactor"),
+            ("asyncio", "twisted.internet.asyncioreactor.AsyncioSelectorReactor"),
+        ]:
+            server = self.serve(twistdArgs=("--reactor", name))
+            self.assertEqual(self.reactorClasses(server), [kind])
+            self.assertEqual(server.stop(), 0)
+            assertNoTraceback(self, server.output)
+
+    def test_workersRunTheParentsReactor(self) -> None:
+        """
+        Worker processes run the reactor their parent was given.
+        """
+        server = self.serve("--workers", "2", twistdArgs=("--reactor", "asyncio"))
+        server.waitFor(lambda: len(self.reactorClasses(server)) == 3, 30)
+        self.assertEqual(
+            set(self.reactorClasses(server)),
+            {"twisted.internet.asyncioreactor.AsyncioSelectorReactor"},
+        )
+        self.assertEqual(server.stop(), 0)
