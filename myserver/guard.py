@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 _RETRY_LATER = (errno.EWOULDBLOCK, errno.ENOBUFS)
 log = Logger(namespace="myserver.guard")
+_CONNECTION_DONE = Failure(main.CONNECTION_DONE)
 
 # Why connections end early, as counted and logged.
 DESCRIPTORS_EXHAUSTED = "descriptors_exhausted"
@@ -251,6 +252,7 @@ class GuardedServer(tcp.Server):
     # Errors are isolated here, and logs use twisted.logger: the reactor
     # may skip the legacy log context (L{myserver.reactor}).
     directDispatch = True
+    isTCP = True
     bytesReceived = 0
     bytesSent = 0
     bytesMovedAtSweep = 0
@@ -275,7 +277,7 @@ class GuardedServer(tcp.Server):
         self.guard = guard
         self.maxWriteBuffer = guard.maxWriteBuffer
         self.openedAt = self.activeAt = guard.clock.seconds()
-        if guard.noDelay and sock.family != socket.AF_UNIX:
+        if guard.noDelay and self.isTCP:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
@@ -346,6 +348,9 @@ class GuardedServer(tcp.Server):
         self.write(b"".join(iovec))
 
     def writeSomeData(self, data: bytes) -> Any:
+        if not data:
+            # Twisted's doWrite asks even when the queue is empty.
+            return 0
         try:
             sent = self.socket.send(memoryview(data)[: self.SEND_LIMIT])
         except OSError as e:
@@ -393,6 +398,25 @@ class GuardedServer(tcp.Server):
             super().readConnectionLost(reason)
         else:
             self.loseConnection()
+        self._closeIfFlushed()
+
+    def _closeIfFlushed(self) -> None:
+        """
+        Close now if a close is only waiting for an empty queue.  Twisted's
+        loseConnection always waits a reactor turn for write readiness
+        (two epoll_ctl calls, a wake-up and an empty send per connection);
+        called from the reactor, not from inside a protocol, this is safe to
+        do at once.
+        """
+        if (
+            self.disconnecting
+            and self.connected
+            and self.producer is None
+            and not self.TLS
+            and not self.pendingBytes()
+        ):
+            self.stopWriting()
+            self.connectionLost(_CONNECTION_DONE)
 
     def connectionLost(self, reason: Failure) -> None:
         if not hasattr(self, "socket"):
@@ -412,3 +436,5 @@ class GuardedUNIXServer(GuardedServer, unix.Server):
     L{GuardedServer} for UNIX-domain connections.  File descriptor passing
     (C{sendFileDescriptor}) is not supported on guarded connections.
     """
+
+    isTCP = False

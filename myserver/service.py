@@ -152,9 +152,9 @@ class ConnectionRegistry:
     def remove(self, connection: GuardedServer, reason: Failure) -> None:
         before = len(self.connections)
         self.connections.discard(connection)
-        if reason.check(ConnectionDone):
+        if isinstance(reason.value, ConnectionDone):
             result = "closed"
-        elif reason.check(ConnectionAborted):
+        elif isinstance(reason.value, ConnectionAborted):
             result = "aborted"
         else:
             result = "lost"

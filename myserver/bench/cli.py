@@ -138,6 +138,33 @@ def rss(pid: int) -> int:
     return 0
 
 
+def cpuSeconds(pid: int) -> float:
+    """
+    User and system CPU time of process C{pid} and of its descendants (a
+    server's workers), from C{/proc}.
+    """
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # The command name, in parentheses, may contain spaces.
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, family = 0.0, {pid}
+    for process in sorted(times):
+        if process in family or parents.get(process) in family:
+            family.add(process)
+            total += times[process]
+    return total
+
+
 def percentile(values: list[float], fraction: float) -> float:
     if not values:
         return 0.0
@@ -147,7 +174,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def runLoad(kind: str, scenario: str, options: argparse.Namespace) -> dict[str, Any]:
     _, loadCpus = _cpus()
-    with running(kind, options.server_args) as (port, _):
+    with running(kind, options.server_args) as (port, process):
+        before = cpuSeconds(process.pid)
         result: Result = generate(
             scenario,
             port,
@@ -157,9 +185,14 @@ def runLoad(kind: str, scenario: str, options: argparse.Namespace) -> dict[str, 
             options.processes,
             loadCpus,
         )
+        used = cpuSeconds(process.pid) - before
     return {
         "rate": result.rate,
         "operations": result.operations,
+        # What the server spent per operation, whatever limited the rate:
+        # with a load generator near its own limit, the better measure.
+        "server_cpu_us": used / result.operations * 1e6 if result.operations else 0,
+        "server_busy": used / result.seconds if result.seconds else 0,
         "p50_ms": percentile(result.latencies, 0.50) * 1000,
         "p99_ms": percentile(result.latencies, 0.99) * 1000,
         "verified": True,
@@ -408,18 +441,30 @@ def summarise(
             "cost": "instructions_per_message",
             "syscalls": "syscalls_per_message",
         }[scenario]
-        ratios = {}
-        if "myserver" in medians:
-            mine = medians["myserver"][metric]
-            for server, values in medians.items():
-                if server != "myserver" and values[metric]:
-                    ratios[server] = mine / values[metric]
         report["scenarios"][scenario] = {
             "metric": metric,
             "servers": medians,
-            "ratio_of_myserver_to": ratios,
+            "ratio_of_myserver_to": _ratios(medians, metric),
         }
+        if metric == "rate":
+            report["scenarios"][scenario]["cpu_ratio_of_myserver_to"] = _ratios(
+                medians, "server_cpu_us"
+            )
     return report
+
+
+def _ratios(medians: dict[str, dict[str, Any]], key: str) -> dict[str, float]:
+    """
+    myserver's C{key} divided by each other server's.
+    """
+    if "myserver" not in medians:
+        return {}
+    mine = medians["myserver"][key]
+    return {
+        server: mine / values[key]
+        for server, values in medians.items()
+        if server != "myserver" and values[key]
+    }
 
 
 def table(report: dict[str, Any]) -> str:
@@ -431,6 +476,8 @@ def table(report: dict[str, Any]) -> str:
             if "p50_ms" in values:
                 extra = (
                     f"  p50 {values['p50_ms']:.2f} ms  p99 {values['p99_ms']:.2f} ms"
+                    f"  server CPU {values['server_cpu_us']:.1f} us/op"
+                    f" ({values['server_busy']:.0%} busy)"
                 )
             ratio = data["ratio_of_myserver_to"].get(server)
             shown = f"  myserver/{server} = {ratio:.2f}" if ratio else ""
