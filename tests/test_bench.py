@@ -104,6 +104,43 @@ class BenchTests(TestCase):
         with open(plot, "rb") as f:
             self.assertEqual(f.read(8), PNG)
 
+    def test_combine(self) -> None:
+        """
+        Saved reports of runs with different settings combine into one
+        table and plot, each load scenario named with its settings.
+        """
+        paths = []
+        for connections, size, rates in [(1, 64, (10.0, 5.0)), (100, 1024, (9, 3))]:
+            path = os.path.abspath(self.mktemp())
+            servers = {"myserver": {"rate": rates[0]}, "twisted": {"rate": rates[1]}}
+            saved = {
+                "settings": {"connections": connections, "size": size},
+                "scenarios": {
+                    "pingpong": {
+                        "metric": "rate",
+                        "servers": servers,
+                        "ratio_of_myserver_to": {"twisted": rates[0] / rates[1]},
+                    }
+                },
+            }
+            with open(path, "w") as f:
+                json.dump(saved, f)
+            paths.append(path)
+        plot = os.path.abspath(self.mktemp())
+        result = subprocess.run(
+            [BENCH, "--combine", *paths, "--plot", plot],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("pingpong 1 x 64 B", result.stdout)
+        self.assertIn("pingpong 100 x 1024 B", result.stdout)
+        self.assertIn("myserver/twisted = 2.00", result.stdout)
+        self.assertIn("myserver/twisted = 3.00", result.stdout)
+        with open(plot, "rb") as f:
+            self.assertEqual(f.read(8), PNG)
+
     def test_cost(self) -> None:
         """
         Instructions per message under callgrind: the difference of two
