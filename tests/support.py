@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
+import resource
 import selectors
 import shutil
 import socket
@@ -16,7 +18,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from signal import SIGINT, SIGTERM
 from typing import Any
 
@@ -351,3 +353,90 @@ def manyEchoes(port: int, payloads: Sequence[bytes], **kwargs: Any) -> list[byte
         )
 
     return asyncio.run(everyone())
+
+
+def raiseOwnDescriptorLimit(testCase: Any) -> int:
+    """
+    Raise this process's soft RLIMIT_NOFILE to its hard limit for the
+    duration of C{testCase}.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        testCase.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+    return hard
+
+
+def waitUntil(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """
+    Poll C{condition} until it is true.
+
+    @return: the seconds it took.
+    @raise AssertionError: after C{timeout} seconds.
+    """
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def settledDescriptors(server: ServerProcess, quiet: float = 0.3) -> int:
+    """
+    The server's open descriptor count once it has not changed for C{quiet}
+    seconds: a connection's descriptor outlives, briefly, the EOF its
+    client has already read.
+    """
+    deadline = time.monotonic() + 10
+    last, since = server.openDescriptors(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError("the server's descriptor count never settled")
+        time.sleep(0.05)
+        now = server.openDescriptors()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+def isOpen(sock: socket.socket) -> bool:
+    """
+    Whether the peer has neither closed nor reset C{sock}: a non-blocking
+    peek finds nothing to read rather than EOF.
+    """
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def readToEnd(sock: socket.socket, timeout: float) -> tuple[int, bool]:
+    """
+    Read and discard until EOF or reset, for at most C{timeout} seconds.
+
+    @return: bytes read, and whether the connection ended.
+    """
+    total = 0
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            break
+        except OSError:
+            return total, True
+        if not data:
+            return total, True
+        total += len(data)
+    return total, False
+
+
+def randomSize(rng: random.Random, largest: int) -> int:
+    """
+    A size from 0 to C{largest}, spread evenly over orders of magnitude.
+    """
+    return min(largest, int(2 ** rng.uniform(0, largest.bit_length())) - 1)

@@ -11,11 +11,16 @@ import os
 import resource
 import socket
 import time
-from collections.abc import Callable
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce
+from tests.support import (
+    ServerProcess,
+    assertNoTraceback,
+    echoOnce,
+    raiseOwnDescriptorLimit,
+    waitUntil,
+)
 
 # The server's limit, soft and hard, so raiseDescriptorLimit cannot lift it.
 SERVER_LIMIT = 256
@@ -36,20 +41,6 @@ def limitServerDescriptors() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (SERVER_LIMIT, SERVER_LIMIT))
 
 
-def raiseOwnDescriptorLimit(testCase: TestCase) -> int:
-    """
-    Raise this process's soft RLIMIT_NOFILE to its hard limit for the
-    duration of C{testCase}.
-
-    @return: the soft limit now in force.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        testCase.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
-    return hard
-
-
 def cpuTicks(pid: int) -> int:
     """
     User plus system CPU time of process C{pid}, in clock ticks.
@@ -59,14 +50,6 @@ def cpuTicks(pid: int) -> int:
         fields = stat.read().rpartition(")")[2].split()
     # Fields 14 and 15 of proc(5), counted after pid and comm.
     return int(fields[11]) + int(fields[12])
-
-
-def waitUntil(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def isRefused(sock: socket.socket) -> bool | None:

@@ -11,12 +11,18 @@ import resource
 import selectors
 import socket
 import time
-from collections.abc import Callable
 
 from twisted.python import log
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce
+from tests.support import (
+    ServerProcess,
+    assertNoTraceback,
+    echoOnce,
+    raiseOwnDescriptorLimit,
+    settledDescriptors,
+    waitUntil,
+)
 
 IDLE = 10_000
 # Descriptors this process needs besides the idle clients' sockets.
@@ -27,46 +33,6 @@ BATCH = 40
 # The benchmark's target is 2 KiB per idle connection; this is only a
 # sanity bound that a gross per-connection leak or copy would exceed.
 SANE_BYTES_PER_CONNECTION = 16 * 1024
-
-
-def raiseOwnDescriptorLimit(testCase: TestCase) -> int:
-    """
-    Raise this process's soft RLIMIT_NOFILE to its hard limit for the
-    duration of C{testCase}.
-
-    @return: the soft limit now in force.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        testCase.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
-    return hard
-
-
-def waitUntil(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
-
-
-def settledDescriptors(server: ServerProcess, quiet: float = 0.3) -> int:
-    """
-    The server's open descriptor count once it has not changed for C{quiet}
-    seconds: a connection's descriptor outlives, briefly, the EOF its
-    client has already read.
-    """
-    deadline = time.monotonic() + 10
-    last, since = server.openDescriptors(), time.monotonic()
-    while time.monotonic() - since < quiet:
-        if time.monotonic() > deadline:
-            raise AssertionError("the server's descriptor count never settled")
-        time.sleep(0.05)
-        now = server.openDescriptors()
-        if now != last:
-            last, since = now, time.monotonic()
-    return last
 
 
 def connectBatch(

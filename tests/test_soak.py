@@ -14,19 +14,27 @@ from __future__ import annotations
 import os
 import random
 import re
-import resource
 import selectors
 import socket
 import struct
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce
+from tests.support import (
+    ServerProcess,
+    assertNoTraceback,
+    echoOnce,
+    isOpen,
+    raiseOwnDescriptorLimit,
+    randomSize,
+    readToEnd,
+    settledDescriptors,
+    waitUntil,
+)
 
 
 def soakSeconds() -> float:
@@ -62,39 +70,6 @@ DESCRIPTOR_MARGIN = 3
 RSS_MARGIN = 20 * 1024 * 1024
 # The guard logs each kind of refusal at most once per this many seconds.
 RATE_INTERVAL = 5.0
-
-
-def raiseOwnDescriptorLimit(testCase: TestCase) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        testCase.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def waitUntil(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def settledDescriptors(server: ServerProcess, quiet: float = 0.3) -> int:
-    """
-    The server's open descriptor count once it has not changed for C{quiet}
-    seconds: a connection's descriptor outlives, briefly, the EOF its
-    client has already read.
-    """
-    deadline = time.monotonic() + 10
-    last, since = server.openDescriptors(), time.monotonic()
-    while time.monotonic() - since < quiet:
-        if time.monotonic() > deadline:
-            raise AssertionError("the server's descriptor count never settled")
-        time.sleep(0.05)
-        now = server.openDescriptors()
-        if now != last:
-            last, since = now, time.monotonic()
-    return last
 
 
 def boundSocket(source: str, receiveBuffer: int = 0) -> socket.socket:
@@ -174,47 +149,6 @@ def exchange(
                     received += data
                     if readPause:
                         time.sleep(readPause)
-
-
-def readToEnd(sock: socket.socket, timeout: float) -> tuple[int, bool]:
-    """
-    Read and discard until EOF or reset, for at most C{timeout} seconds.
-
-    @return: bytes read, and whether the connection ended.
-    """
-    total = 0
-    deadline = time.monotonic() + timeout
-    while (remaining := deadline - time.monotonic()) > 0:
-        sock.settimeout(remaining)
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            break
-        except OSError:
-            return total, True
-        if not data:
-            return total, True
-        total += len(data)
-    return total, False
-
-
-def isOpen(sock: socket.socket) -> bool:
-    """
-    Whether the server has neither closed nor reset C{sock}.
-    """
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-
-
-def randomSize(rng: random.Random, largest: int) -> int:
-    """
-    A size from 0 to C{largest}, spread evenly over orders of magnitude.
-    """
-    return min(largest, int(2 ** rng.uniform(0, largest.bit_length())) - 1)
 
 
 def reset(sock: socket.socket) -> None:
