@@ -415,7 +415,6 @@ class GuardedServer(tcp.Server):
             and not self.TLS
             and not self.pendingBytes()
         ):
-            self.stopWriting()
             self.connectionLost(_CONNECTION_DONE)
 
     def connectionLost(self, reason: Failure) -> None:

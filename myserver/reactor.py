@@ -7,7 +7,7 @@ C{twisted.python.log.callWithLogger}, which copies a context dictionary and
 goes through four layers of C{*args, **kwargs} forwarding so that a legacy
 C{log.msg} made inside the handler is tagged with the connection's
 C{logPrefix}.  Measured under callgrind, that wrapper is more than half of
-what echoing a message costs (28.6k instructions per message with it, 13.0k
+what echoing a message costs (28.0k instructions per message with it, 13.1k
 without).  myserver logs through C{twisted.logger}, which does not read that
 context, and its connections (L{myserver.guard.GuardedServer}) isolate
 their protocol's errors themselves; so this reactor calls a selectable that

@@ -228,6 +228,9 @@ class WorkerSupervisor(Service):
         self._directory = tempfile.mkdtemp(prefix="myserver-workers-")
         self.configPath = os.path.join(self._directory, "worker.toml")
         self.reconfigure = reconfigure
+        # Workers run the parent's kind of reactor.
+        name = reactorName(reactor)
+        self.twistdOptions = ["--reactor", name] if name else []
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -274,13 +277,11 @@ class WorkerSupervisor(Service):
         environ["MYSERVER_ADMIN"] = "unix:" + self.adminSocket(index)
         environ["LISTEN_FDS"] = str(len(self.bound))
         environ["LISTEN_FDNAMES"] = ":".join(f"l{n}" for n in range(len(self.bound)))
-        # Workers run the parent's kind of reactor (twistd -r NAME).
-        name = reactorName(self.reactor)
-        reactor = [name] if name else []
+        workerArgs = [self.configPath, *self.twistdOptions]
         process = self.reactor.spawnProcess(
             worker,
             sys.executable,
-            [sys.executable, "-m", "myserver.workers", self.configPath, *reactor],
+            [sys.executable, "-m", "myserver.workers", *workerArgs],
             env=environ,
             childFDs=childFDs,
         )
@@ -359,8 +360,8 @@ def _describe(sock: socket.socket) -> str:
 
 def main() -> None:
     """
-    A worker: C{python -m myserver.workers CONFIG [REACTOR]}, REACTOR being
-    a twistd C{--reactor} name.  The listening sockets
+    A worker: C{python -m myserver.workers CONFIG [TWISTD-OPTIONS]}, such as
+    C{--reactor NAME}.  The listening sockets
     arrive as descriptors 3, 4, ... with LISTEN_FDS set by the parent; the
     systemd convention also wants LISTEN_PID to be this process, which only
     this process can know.
@@ -371,9 +372,10 @@ def main() -> None:
     os.setpgid(0, 0)
     from twisted.scripts.twistd import run
 
-    config, *reactor = sys.argv[1:]
-    chosen = ["--reactor", reactor[0]] if reactor else []
-    sys.argv = ["twistd", "-n", "--pidfile=", *chosen, "myserver", "--config", config]
+    config, *twistdOptions = sys.argv[1:]
+    sys.argv = [
+        "twistd", "-n", "--pidfile=", *twistdOptions, "myserver", "--config", config
+    ]  # fmt: skip
     run()
 
 

@@ -267,46 +267,67 @@ def echoOnce(
 ) -> bytes:
     """
     The sockets example's client flow, done without deadlock for any size:
-    send C{payload} (in chunks of C{chunkSize}) while reading, shut down the
-    sending side, then read until the server closes.
+    connect, send C{payload} (in chunks of C{chunkSize}) while reading, shut
+    down the sending side, then read until the server closes.
 
     @return: every byte received.
     """
-    received = bytearray()
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect((host, port))
-        sock.setblocking(False)
-        view = memoryview(payload)
-        sent = 0
-        if not payload:
-            sock.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as selector:
-            selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-            while True:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"echo of {len(payload)} bytes: sent {sent}, "
-                        f"received {len(received)}"
-                    )
-                for _, events in selector.select(1.0):
-                    if events & selectors.EVENT_WRITE and sent < len(payload):
-                        try:
-                            sent += sock.send(view[sent : sent + chunkSize])
-                        except BlockingIOError:
-                            pass
-                        if sent == len(payload):
-                            sock.shutdown(socket.SHUT_WR)
-                            selector.modify(sock, selectors.EVENT_READ)
-                    if events & selectors.EVENT_READ:
-                        try:
-                            data = sock.recv(1 << 20)
-                        except BlockingIOError:
-                            continue
-                        if not data:
-                            return bytes(received)
-                        received += data
+        return exchange(sock, payload, timeout, chunkSize=chunkSize)
+
+
+def exchange(
+    sock: socket.socket,
+    payload: bytes,
+    timeout: float,
+    chunkSize: int = 65536,
+    readSize: int = 1 << 20,
+    readPause: float = 0.0,
+) -> bytes:
+    """
+    Send C{payload} on the connected C{sock} (in chunks of C{chunkSize})
+    while reading (at most C{readSize} bytes at a time,
+    pausing C{readPause} seconds after each read), half-close once it is
+    sent, and read until EOF.
+
+    @return: every byte received.
+    @raise TimeoutError: after C{timeout} seconds.
+    """
+    sock.setblocking(False)
+    view = memoryview(payload)
+    sent = 0
+    received = bytearray()
+    if not payload:
+        sock.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        while True:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"sent {sent} of {len(payload)}, received {len(received)}"
+                )
+            for _, events in selector.select(0.5):
+                if events & selectors.EVENT_WRITE and sent < len(payload):
+                    try:
+                        sent += sock.send(view[sent : sent + chunkSize])
+                    except BlockingIOError:
+                        pass
+                    if sent == len(payload):
+                        sock.shutdown(socket.SHUT_WR)
+                        selector.modify(sock, selectors.EVENT_READ)
+                if events & selectors.EVENT_READ:
+                    try:
+                        data = sock.recv(readSize)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        return bytes(received)
+                    received += data
+                    if readPause:
+                        time.sleep(readPause)
 
 
 async def asyncEcho(

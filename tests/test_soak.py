@@ -28,6 +28,7 @@ from tests.support import (
     ServerProcess,
     assertNoTraceback,
     echoOnce,
+    exchange,
     isOpen,
     raiseOwnDescriptorLimit,
     randomSize,
@@ -99,56 +100,6 @@ def connectFrom(
         sock.close()
         raise
     return sock
-
-
-def exchange(
-    sock: socket.socket,
-    payload: bytes,
-    timeout: float,
-    readSize: int = 1 << 20,
-    readPause: float = 0.0,
-) -> bytes:
-    """
-    Send C{payload} while reading (at most C{readSize} bytes at a time,
-    pausing C{readPause} seconds after each read), half-close once it is
-    sent, and read until EOF.
-
-    @return: every byte received.
-    @raise TimeoutError: after C{timeout} seconds.
-    """
-    sock.setblocking(False)
-    view = memoryview(payload)
-    sent = 0
-    received = bytearray()
-    if not payload:
-        sock.shutdown(socket.SHUT_WR)
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(sock, selectors.EVENT_READ | selectors.EVENT_WRITE)
-        while True:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"sent {sent} of {len(payload)}, received {len(received)}"
-                )
-            for _, events in selector.select(0.5):
-                if events & selectors.EVENT_WRITE and sent < len(payload):
-                    try:
-                        sent += sock.send(view[sent : sent + 65536])
-                    except BlockingIOError:
-                        pass
-                    if sent == len(payload):
-                        sock.shutdown(socket.SHUT_WR)
-                        selector.modify(sock, selectors.EVENT_READ)
-                if events & selectors.EVENT_READ:
-                    try:
-                        data = sock.recv(readSize)
-                    except BlockingIOError:
-                        continue
-                    if not data:
-                        return bytes(received)
-                    received += data
-                    if readPause:
-                        time.sleep(readPause)
 
 
 def reset(sock: socket.socket) -> None:

@@ -22,8 +22,8 @@ class LineProgress:
         self.done = 0
 
     def start(self, description: str) -> None:
-        print(f"[{self.done + 1}/{self.total}] {description}...", file=sys.stderr)
-        sys.stderr.flush()
+        line = f"[{self.done + 1}/{self.total}] {description}..."
+        print(line, file=sys.stderr, flush=True)
 
     def finish(self) -> None:
         self.done += 1
