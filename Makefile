@@ -10,8 +10,15 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# The oldest Twisted that pyproject.toml declares; test-floor runs the core
+# suite on it in a virtual environment of its own.
+TWISTED_FLOOR := $(shell sed -n 's/.*"twisted\[tls\]>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+FLOOR_VENV ?= .venv-floor
+CORE_TESTS := tests.test_echo tests.test_backpressure tests.test_limits \
+	tests.test_shutdown tests.test_proxy tests.test_tls tests.test_guard \
+	tests.test_core tests.test_twistedcontract
 
-.PHONY: run test install lint trial pytest image clean
+.PHONY: run test install lint trial pytest test-floor image clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +47,15 @@ image:
 	elif [ "$$CI" = true ]; then echo "podman is not installed" >&2; exit 1; \
 	else echo "image test skipped: podman is not installed"; fi
 
-test: lint image trial pytest
+# The core suite again, on the oldest Twisted the package accepts.
+test-floor:
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip --disable-pip-version-check -q install \
+		".[test]" "twisted[tls]==$(TWISTED_FLOOR)"
+	$(FLOOR_VENV)/bin/python -c 'import twisted; print("core suite on Twisted", twisted.__version__)'
+	$(FLOOR_VENV)/bin/python -m twisted.trial $(CORE_TESTS)
+
+test: lint image trial pytest test-floor
 
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info _trial_temp .pytest_cache .mypy_cache .ruff_cache .hypothesis

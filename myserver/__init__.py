@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli -*-
 """
 myserver: a production TCP protocol server built on Twisted.
 

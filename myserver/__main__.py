@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_cli -*-
 """
 C{python -m myserver ARGS} and the C{myserver} command: the same as
 C{twistd -n --pidfile= myserver ARGS} (in the foreground, no pid file).

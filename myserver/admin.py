@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_admin -*-
 """
 The admin HTTP endpoint: C{/metrics}, C{/healthz}, C{/readyz}.
 
@@ -22,13 +23,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+
+from myserver.listening import EndpointService
 
 log = Logger(namespace="myserver.admin")
 
@@ -282,7 +284,21 @@ class WorkerMetrics(Resource):
         return text
 
 
-def adminSite(server: Any, datagrams: list[Any], supervisor: Any = None) -> Site:
+class AdminSite(Site):
+    """
+    The admin endpoint's site: no access log (probes and scrapes every few
+    seconds would drown the server's own log), no start/stop chatter.
+    """
+
+    noisy = False
+
+    def log(self, request: http.Request) -> None:
+        pass
+
+
+def adminSite(
+    server: Any, datagrams: list[Any], reactor: Any, supervisor: Any = None
+) -> Site:
     """
     @param supervisor: the L{myserver.workers.WorkerSupervisor}, when
         workers serve the stream listeners: metrics are then summed over
@@ -293,68 +309,35 @@ def adminSite(server: Any, datagrams: list[Any], supervisor: Any = None) -> Site
     if supervisor is None:
         root.putChild(b"metrics", Metrics(local))
     else:
-        from twisted.internet import reactor
-
         root.putChild(b"metrics", WorkerMetrics(local, supervisor, reactor))
     root.putChild(b"healthz", Health())
     root.putChild(b"readyz", Ready(server))
-    site = Site(root)
-    site.noisy = False
-    site.log = lambda request: None  # type: ignore[method-assign]
-    return site
+    return AdminSite(root)
 
 
-class AdminService(Service):
+class AdminService(EndpointService):
     """
     Serves the admin site on its own endpoint, unguarded (it is not client
     traffic), and keeps serving through the drain: it stops only once the
     server has stopped, so that C{/readyz} says 503 while draining.
     """
 
-    port: Any = None
-
     def __init__(self, endpoint: str, site: Site, server: Any, reactor: Any) -> None:
-        self.endpoint = endpoint
-        self.site = site
+        super().__init__(
+            serverFromString(reactor, endpoint), site, f"{endpoint} (admin)"
+        )
         self.server = server
-        self.reactor = reactor
 
-    def privilegedStartService(self) -> None:
-        from myserver.admission import describeAddress
-        from myserver.service import CannotListen
-
-        super().privilegedStartService()
-        if self.port is not None:
-            return
-        outcome: list[Any] = []
-        d = serverFromString(self.reactor, self.endpoint).listen(self.site)
-        d.addBoth(outcome.append)
-        if not outcome or isinstance(outcome[0], Failure):
-            reason = outcome[0].getErrorMessage() if outcome else "still pending"
-            raise CannotListen(
-                f"cannot listen on {self.endpoint} (admin): {' '.join(reason.split())}"
-            )
-        port = self.port = outcome[0]
+    def logListening(self, address: str) -> None:
         log.info(
-            "admin endpoint on {address}: /metrics /healthz /readyz",
-            address=describeAddress(port.getHost()),
+            "admin endpoint on {address}: /metrics /healthz /readyz", address=address
         )
 
-    def startService(self) -> None:
-        if self.port is None:
-            self.privilegedStartService()
-        super().startService()
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
+    def stopService(self) -> Deferred[None]:
         stopping: Deferred[None] = Deferred()
 
         def stopListening(_: object) -> None:
-            port, self.port = self.port, None
-            if port is None:
-                stopping.callback(None)
-            else:
-                port.stopListening().chainDeferred(stopping)
+            EndpointService.stopService(self).chainDeferred(stopping)
 
         self.server.whenStopped().addBoth(stopListening)
         return stopping

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_limits -*-
 """
 Who may connect: allow and deny networks, and open connections per address.
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from myserver.config import Network
+from myserver.settings import Network
 
 # Reasons a connection is refused, as counted and logged.
 DENIED = "deny"

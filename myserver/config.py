@@ -1,343 +1,36 @@
+# -*- test-case-name: tests.test_config,tests.test_configfuzz -*-
 """
 One frozen, validated configuration, merged from four sources.
 
-Every setting has one name in three spellings: the command line
-(C{--max-write-buffer}), the environment (C{MYSERVER_MAX_WRITE_BUFFER}) and
-the TOML file (C{max_write_buffer}).  Precedence, highest first: command
-line, environment, TOML file (C{--config PATH} or C{MYSERVER_CONFIG}),
-built-in defaults.  Whatever is wrong raises L{ConfigError} with a single
-line that names the setting, where its value came from, and the value.
+Precedence, highest first: command line, environment, TOML file
+(C{--config PATH} or C{MYSERVER_CONFIG}), built-in defaults.  Whatever is
+wrong raises L{ConfigError} with a single line that names the setting,
+where its value came from, and the value.  The schema and the scalar
+parsers are L{myserver.settings}; endpoint strings are checked by the
+checker the caller hands in (L{myserver.endpoints.endpointChecker}), so
+that this module imports no reactor.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
-import math
-import os
-import re
 import tomllib
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
 from types import MappingProxyType
 from typing import Any
 
-ENV_PREFIX = "MYSERVER_"
-DEFAULT_ENDPOINT = "tcp:27015"
-LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
-LOG_FORMATS = ("text", "json")
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ConfigError(Exception):
-    """
-    A setting is missing, malformed or out of range.  The message is one line
-    fit to show an operator as C{myserver: error: MESSAGE}.
-    """
-
-
-@dataclass(frozen=True)
-class Listener:
-    """
-    One listening endpoint and what it serves.
-
-    @ivar endpoint: a Twisted server endpoint string, e.g. C{tcp:27015}.
-    @ivar protocol: the name of the L{IProtocolPlugin} served there.
-    @ivar options: the listener's own options for that plugin.
-    @ivar settings: the listener's own values for settings in
-        L{PER_LISTENER}, overriding the server-wide ones.
-    """
-
-    endpoint: str
-    protocol: str
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    settings: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-
-    @property
-    def isDatagram(self) -> bool:
-        return self.endpoint.split(":", 1)[0].lower() == "udp"
-
-
-@dataclass(frozen=True)
-class Config:
-    """
-    The effective configuration.  C{sources} maps each setting name to where
-    its value came from, for C{--check-config}.
-    """
-
-    listen: tuple[Listener, ...]
-    protocol: str = "echo"
-    max_connections: int = 10000
-    max_connections_per_ip: int = 0
-    ipv4_prefix: int = 32
-    ipv6_prefix: int = 64
-    allow: tuple[Network, ...] = ()
-    deny: tuple[Network, ...] = ()
-    idle_timeout: float = 300.0
-    max_write_buffer: int = 1024 * 1024
-    tcp_nodelay: bool = True
-    datagram_rate: float = 10.0
-    datagram_burst: int = 20
-    shutdown_timeout: float = 25.0
-    workers: int = 1
-    admin: str | None = None
-    log_level: str = "info"
-    log_format: str = "text"
-    config: str | None = None
-    sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-
-
-_SIZE = re.compile(r"\s*(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30}
-_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(|ms|s|m|h)\s*", re.IGNORECASE)
-_DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
-
-
-def parseSize(value: object) -> int:
-    """
-    A positive number of bytes: an integer, or a string such as C{65536},
-    C{64KiB}, C{1M} (units are binary: K = 1024).
-    """
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
-        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)[:1].lower()]
-    else:
-        raise ValueError("expected a size in bytes such as 1048576, 64KiB or 1MiB")
-    if size <= 0:
-        raise ValueError("must be a positive size in bytes")
-    return size
-
-
-def parseDuration(value: object) -> float:
-    """
-    A non-negative number of seconds: a number, or a string such as C{25},
-    C{2.5s}, C{500ms}, C{5m}, C{1h}.
-    """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
-    else:
-        raise ValueError("expected seconds such as 25, 2.5s, 500ms or 5m")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError("must be a non-negative number of seconds")
-    return seconds
-
-
-def _count(minimum: int, maximum: int | None = None) -> Callable[[object], int]:
-    """
-    A parser for a whole number in [minimum, maximum].
-    """
-
-    def parseCount(value: object) -> int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, str) and value.strip().isdecimal():
-            number = int(value.strip())
-        else:
-            raise ValueError("expected a whole number")
-        if number < minimum or (maximum is not None and number > maximum):
-            upper = f" to {maximum}" if maximum is not None else " or more"
-            raise ValueError(f"must be {minimum}{upper}")
-        return number
-
-    return parseCount
-
-
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
-
-def parseBool(value: object) -> bool:
-    """
-    A boolean: TOML's true/false, or true/false, yes/no, on/off, 1/0.
-    """
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError("expected true or false")
-
-
-def _positive(value: object) -> float:
-    """
-    A positive, finite number.
-    """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError("expected a number such as 10 or 0.5") from None
-    else:
-        raise ValueError("expected a number such as 10 or 0.5")
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError("must be a positive number")
-    return number
-
-
-def parseNetworks(value: object) -> tuple[Network, ...]:
-    """
-    CIDR networks, IPv4 or IPv6: a list of strings, or one string of them
-    separated by commas or white space.  A bare address is a /32 or /128.
-    """
-    if isinstance(value, str):
-        value = [value]
-    if isinstance(value, list | tuple):
-        items: list[object] = []
-        for item in value:
-            items.extend(
-                item.replace(",", " ").split() if isinstance(item, str) else [item]
-            )
-    else:
-        raise ValueError("expected CIDR networks such as 10.0.0.0/8, ::1")
-    networks = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError("expected CIDR networks such as 10.0.0.0/8, ::1")
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError as e:
-            raise ValueError(f"{item!r} is not a network: {e}") from None
-    return tuple(networks)
-
-
-def _choice(choices: Sequence[str]) -> Callable[[object], str]:
-    def parseChoice(value: object) -> str:
-        if isinstance(value, str) and value.lower() in choices:
-            return value.lower()
-        raise ValueError(f"expected one of {', '.join(choices)}")
-
-    return parseChoice
-
-
-def parseName(value: object) -> str:
-    """
-    A protocol name: a non-empty string with no white space.
-    """
-    if isinstance(value, str) and value and not any(c.isspace() for c in value):
-        return value
-    raise ValueError("expected a protocol name")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """
-    How one scalar setting is spelled, parsed and documented.
-    """
-
-    name: str
-    parse: Callable[[object], Any]
-    help: str
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    @property
-    def env(self) -> str:
-        return ENV_PREFIX + self.name.upper()
-
-
-SETTINGS: tuple[Setting, ...] = (
-    Setting("protocol", parseName, "Protocol served by listeners that name none."),
-    Setting(
-        "max_connections",
-        _count(1),
-        "Open connections in all; at the limit the server stops accepting "
-        "(clients wait in the kernel's backlog) until one closes.",
-    ),
-    Setting(
-        "max_connections_per_ip",
-        _count(0),
-        "Open connections per client address (0: no limit); beyond it new "
-        "connections from that address are closed at once.",
-    ),
-    Setting(
-        "ipv4_prefix",
-        _count(0, 32),
-        "IPv4 prefix length that counts as one address for the per-IP limit.",
-    ),
-    Setting(
-        "ipv6_prefix",
-        _count(0, 128),
-        "IPv6 prefix length that counts as one address for the per-IP limit.",
-    ),
-    Setting(
-        "allow",
-        parseNetworks,
-        "Only clients in these CIDR networks are served (repeatable; empty: all).",
-    ),
-    Setting(
-        "deny",
-        parseNetworks,
-        "Clients in these CIDR networks are refused, even if allowed (repeatable).",
-    ),
-    Setting(
-        "idle_timeout",
-        parseDuration,
-        "Close a connection with no bytes either way for this long (0: never).",
-    ),
-    Setting(
-        "max_write_buffer",
-        parseSize,
-        "Per-connection bytes queued for sending above which the server stops "
-        "reading from that client until they drain.",
-    ),
-    Setting(
-        "tcp_nodelay",
-        lambda value: parseBool(value),
-        "Send small writes at once (TCP_NODELAY) on accepted TCP connections; "
-        "true by default, as asyncio and uvloop do.",
-    ),
-    Setting(
-        "datagram_rate",
-        _positive,
-        "UDP listeners: datagrams per second answered per source address.",
-    ),
-    Setting(
-        "datagram_burst",
-        _count(1),
-        "UDP listeners: datagrams a source may send at once before its rate applies.",
-    ),
-    Setting(
-        "shutdown_timeout",
-        parseDuration,
-        "Seconds open connections get to finish after SIGTERM/SIGINT.",
-    ),
-    Setting(
-        "workers",
-        lambda value: parseWorkers(value),
-        "Processes serving the listeners (auto: one per CPU); the parent "
-        "binds and supervises.",
-    ),
-    Setting(
-        "admin",
-        lambda value: parseAdmin(value),
-        "Endpoint for the admin HTTP server (/metrics /healthz /readyz), e.g. "
-        "tcp:9027:interface=127.0.0.1; off by default.",
-    ),
-    Setting("log_level", _choice(LOG_LEVELS), "One of " + ", ".join(LOG_LEVELS)),
-    Setting("log_format", _choice(LOG_FORMATS), "text, or json: one object a line."),
+from myserver.errors import ConfigError
+from myserver.settings import (
+    DEFAULT_ENDPOINT,
+    ENV_PREFIX,
+    KNOWN_KEYS,
+    PER_LISTENER,
+    SETTINGS_BY_NAME,
+    Config,
+    Listener,
+    parseName,
 )
-_BY_NAME = {setting.name: setting for setting in SETTINGS}
-# Settings that a [[listen]] table may set for that listener alone.
-PER_LISTENER = (
-    "max_connections",
-    "max_connections_per_ip",
-    "ipv4_prefix",
-    "ipv6_prefix",
-    "allow",
-    "deny",
-    "idle_timeout",
-    "max_write_buffer",
-    "tcp_nodelay",
-    "datagram_rate",
-    "datagram_burst",
-)
-KNOWN_KEYS = frozenset(_BY_NAME) | {"listen"}
+
+EndpointCheck = Callable[[str], None]
 
 
 def _oneLine(text: str) -> str:
@@ -378,7 +71,7 @@ def _listenerFromTable(table: Mapping[str, Any]) -> Listener:
     for name in PER_LISTENER:
         if name in table:
             try:
-                settings[name] = _BY_NAME[name].parse(table[name])
+                settings[name] = SETTINGS_BY_NAME[name].parse(table[name])
             except ValueError as e:
                 raise ValueError(
                     f"{name} = {_show(table[name])} for {endpoint}: {e}"
@@ -429,72 +122,11 @@ def _parseListen(value: object) -> list[Listener]:
     return listeners
 
 
-def parseDatagramEndpoint(endpoint: str) -> tuple[int, str]:
-    """
-    myserver's own UDP listener spelling, C{udp:PORT[:interface=ADDR]}:
-    Twisted's endpoint strings have no datagram server form.
-
-    @return: the port and the interface address (C{""} for all IPv4).
-    """
-    kind, _, rest = endpoint.partition(":")
-    parts = rest.split(":", 1) if rest else []
-    if kind.lower() != "udp" or not parts or not parts[0].isdecimal():
-        raise ValueError("expected udp:PORT or udp:PORT:interface=ADDRESS")
-    port = int(parts[0])
-    if port > 65535:
-        raise ValueError(f"port {port} is out of range")
-    interface = ""
-    if len(parts) == 2:
-        key, equals, address = parts[1].replace("\\:", ":").partition("=")
-        if key != "interface" or not equals:
-            raise ValueError(f"unknown UDP option {parts[1]!r} (expected interface=)")
-        ipaddress.ip_address(address)
-        interface = address
-    return port, interface
-
-
-def parseWorkers(value: object) -> int:
-    """
-    A number of worker processes, or C{auto} for one per CPU this process
-    may run on.
-    """
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return len(os.sched_getaffinity(0)) or 1
-    return _count(1, 1024)(value)
-
-
-def parseAdmin(value: object) -> str | None:
-    """
-    The admin endpoint: a stream endpoint string, or C{off} (or empty).
-    """
-    if not isinstance(value, str):
-        raise ValueError("expected an endpoint such as tcp:9027:interface=127.0.0.1")
-    if value.strip().lower() in ("", "off", "none"):
-        return None
-    _checkEndpoint(value)
-    return value
-
-
-def _checkEndpoint(endpoint: str) -> None:
-    """
-    Parse an endpoint string exactly as the server will, without listening.
-    """
-    from twisted.internet import reactor
-    from twisted.internet.endpoints import serverFromString
-
-    if endpoint.split(":", 1)[0].lower() == "udp":
-        parseDatagramEndpoint(endpoint)
-        return
-    try:
-        serverFromString(reactor, endpoint)
-    except Exception as e:
-        raise ValueError(f"{_oneLine(str(e)) or type(e).__name__}") from None
-
-
 def load(
     cli: Mapping[str, Any],
     environ: Mapping[str, str],
     protocols: Collection[str],
+    checkEndpoint: EndpointCheck,
 ) -> Config:
     """
     Merge and validate every source into one L{Config}.
@@ -505,6 +137,8 @@ def load(
         Other C{MYSERVER_*} names are ignored, because platforms add their
         own (Kubernetes defines C{MYSERVER_PORT} for a Service so named).
     @param protocols: names of the protocol plugins available.
+    @param checkEndpoint: raises L{ValueError} for an endpoint string that
+        cannot be served (L{myserver.endpoints.endpointChecker}).
     @raise ConfigError: on the first problem found.
     """
     path = cli.get("config") or environ.get(ENV_PREFIX + "CONFIG") or None
@@ -517,7 +151,7 @@ def load(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    for name in ("listen", *_BY_NAME):
+    for name in ("listen", *SETTINGS_BY_NAME):
         flag = "--" + name.replace("_", "-")
         env = ENV_PREFIX + name.upper()
         if name in cli and cli[name] is not None:
@@ -533,7 +167,9 @@ def load(
             if name == "listen":
                 values[name] = _parseListen(raw)
             else:
-                values[name] = _BY_NAME[name].parse(raw)
+                values[name] = SETTINGS_BY_NAME[name].parse(raw)
+            if name == "admin" and values[name] is not None:
+                checkEndpoint(values[name])
         except ValueError as e:
             raise ConfigError(
                 f"{source}: invalid value {_show(raw)}: {_oneLine(str(e))}"
@@ -552,7 +188,7 @@ def load(
                 f" unknown protocol {name!r} (available: {available})"
             )
         try:
-            _checkEndpoint(listener.endpoint)
+            checkEndpoint(listener.endpoint)
         except ValueError as e:
             raise ConfigError(
                 f"{sources['listen']}: invalid endpoint {listener.endpoint!r}: {e}"
@@ -582,48 +218,3 @@ def load(
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _toml(value: object) -> str:
-    """
-    Render a configuration value as TOML.
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Mapping):
-        inner = ", ".join(f"{key} = {_toml(item)}" for key, item in value.items())
-        return "{ " + inner + " }" if inner else "{}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
-
-
-def render(config: Config) -> str:
-    """
-    The effective configuration as a TOML document that myserver accepts as
-    its C{--config} file, each setting annotated with its source.
-    """
-    listen = [
-        {"endpoint": listener.endpoint, "protocol": listener.protocol}
-        | ({"options": dict(listener.options)} if listener.options else {})
-        | {
-            name: [str(n) for n in value] if name in ("allow", "deny") else value
-            for name, value in listener.settings.items()
-        }
-        for listener in config.listen
-    ]
-    lines = [f"listen = {_toml(listen)}  # {config.sources.get('listen', 'default')}"]
-    for setting in SETTINGS:
-        value = getattr(config, setting.name)
-        if setting.name in ("allow", "deny"):
-            value = [str(network) for network in value]
-        elif value is None:
-            value = "off"
-        source = config.sources.get(setting.name, "default")
-        lines.append(f"{setting.name} = {_toml(value)}  # {source}")
-    lines.append(f"# config file: {config.config or 'none'}")
-    return "\n".join(lines) + "\n"

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_datagram -*-
 """
 Datagram (UDP) listeners, and the guard in front of their protocols.
 
@@ -20,9 +21,11 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from myserver.admission import Admission
-from myserver.config import Listener, parseDatagramEndpoint
+from myserver.admission import Admission, describeAddress
+from myserver.endpoints import parseDatagramEndpoint
+from myserver.errors import CannotListen
 from myserver.logs import RateLimitedLog
+from myserver.settings import Listener
 
 log = Logger(namespace="myserver.datagram")
 
@@ -145,6 +148,12 @@ class GuardedDatagramProtocol(DatagramProtocol):
 class DatagramListenerService(Service):
     """
     One C{udp:PORT[:interface=ADDR]} listener.
+
+    myserver's own rather than Twisted's C{internet.UDPServer}: that one
+    binds in C{startService} unless made privileged, keeps its port in a
+    private attribute, and raises Twisted's C{CannotListenError} where the
+    operator needs one line.  C{listenUDP} answers synchronously, so
+    nothing here waits on a Deferred.
     """
 
     port: Any = None
@@ -157,9 +166,6 @@ class DatagramListenerService(Service):
         self.reactor = reactor
 
     def privilegedStartService(self) -> None:
-        from myserver.admission import describeAddress
-        from myserver.service import CannotListen
-
         super().privilegedStartService()
         if self.port is not None:
             return

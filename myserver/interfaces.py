@@ -1,5 +1,10 @@
+# -*- test-case-name: tests.test_plugins -*-
 """
 The contracts between myserver and the protocols it serves.
+
+Public: this module and L{myserver.testing} are what plugin authors may
+import; every other module of myserver is internal and may change in any
+release (see docs/architecture.md).
 
 A protocol plugin is a plain Twisted protocol plus a small descriptor object
 that provides L{IProtocolPlugin} (and L{twisted.plugin.IPlugin}, so that
@@ -48,45 +53,6 @@ class IProtocolPlugin(Interface):
 
         @raise ValueError: if C{options} is not acceptable; the message is
             shown to the operator as a configuration error.
-        """
-
-
-class IConnectionRegistry(Interface):
-    """
-    Knows every open connection and listening port of a server, for limits,
-    accounting and the graceful drain.  Called by the guard, never by
-    plugins.
-    """
-
-    connections = Attribute("The set of open connections' transports.")
-
-    def room():  # type: ignore[no-untyped-def]
-        """
-        @return: how many more connections may be accepted now (an L{int},
-            zero or less when the server is full).
-        """
-
-    def addPort(port):  # type: ignore[no-untyped-def]
-        """
-        A listening port started; it stops accepting while the server is
-        full and is told to C{maybeResumeAccepting} when room frees up.
-        """
-
-    def removePort(port):  # type: ignore[no-untyped-def]
-        """
-        A listening port stopped.
-        """
-
-    def add(connection):  # type: ignore[no-untyped-def]
-        """
-        A connection was accepted.
-
-        @param connection: its guarded transport.
-        """
-
-    def remove(connection, reason):  # type: ignore[no-untyped-def]
-        """
-        A connection closed, for C{reason} (a L{twisted.python.failure.Failure}).
         """
 
 

@@ -1,11 +1,13 @@
+# -*- test-case-name: tests.test_logging -*-
 """
 Log observers: human-readable text, or one JSON object per line.
 
-twistd builds its log observer through its C{--logger} option, the dotted
-name of a function of no arguments.  myserver's options L{prepare} the
-observer and set that option to L{twistdObserver} (unless the operator chose
-a logger or syslog), so C{log_level} and C{log_format} apply to everything
-twistd, Twisted and myserver log.
+Under twistd, the server's L{ServerLogObserver} is set as the
+L{ILogObserver} component of the application, the way twistd documents a
+custom observer, so C{log_level} and C{log_format} apply to everything
+twistd, Twisted and myserver log.  An operator's own C{twistd --logger} or
+C{--syslog} wins over it; under C{twist}, twist's own C{--log-level} and
+C{--log-format} apply.
 """
 
 from __future__ import annotations
@@ -67,51 +69,29 @@ class JSONLinesObserver:
         self._stream.flush()
 
 
-def makeObserver(level: str, format: str, stream: IO[str] | None = None) -> Any:
+@implementer(ILogObserver)
+class ServerLogObserver:
     """
-    Build the observer for the configured level and format.
-
-    @param stream: where to write; standard output when L{None}.
+    myserver's log observer: text or JSON lines, filtered at a level that a
+    reload can change in place.
     """
-    out = stream if stream is not None else sys.stdout
-    base = JSONLinesObserver(out) if format == "json" else textFileLogObserver(out)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
-    _levels[:] = [predicate]
-    return FilteringLogObserver(base, [predicate])
 
+    def __init__(self, level: str, format: str, stream: IO[str] | None = None) -> None:
+        """
+        @param stream: where to write; standard output when L{None}.
+        """
+        out = stream if stream is not None else sys.stdout
+        base = JSONLinesObserver(out) if format == "json" else textFileLogObserver(out)
+        self._predicate = LogLevelFilterPredicate(
+            defaultLogLevel=LogLevel.levelWithName(level)
+        )
+        self._filtered = FilteringLogObserver(base, [self._predicate])
 
-_levels: list[LogLevelFilterPredicate] = []
+    def __call__(self, event: dict[str, Any]) -> None:
+        self._filtered(event)
 
-
-def setLevel(level: str) -> bool:
-    """
-    Change the level of the observer built by L{makeObserver}, in place.
-
-    @return: whether there was one to change.
-    """
-    for predicate in _levels:
-        predicate.setLogLevelForNamespace("", LogLevel.levelWithName(level))
-    return bool(_levels)
-
-
-_prepared: list[Any] = []
-
-
-def prepare(level: str, format: str, stream: IO[str] | None) -> str:
-    """
-    Remember the observer that L{twistdObserver} will build.
-
-    @return: the dotted name to give twistd as its C{--logger}.
-    """
-    _prepared[:] = [level, format, stream]
-    return f"{__name__}.{twistdObserver.__name__}"
-
-
-def twistdObserver() -> Any:
-    """
-    The observer L{prepare}d for twistd.
-    """
-    return makeObserver(*_prepared)
+    def setLevel(self, level: str) -> None:
+        self._predicate.setLogLevelForNamespace("", LogLevel.levelWithName(level))
 
 
 class RateLimitedLog:

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_plugins -*-
 """
 Finding protocol plugins.
 

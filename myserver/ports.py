@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_core,tests.test_limits,tests.test_exhaustion -*-
 """
 Listening ports that accept on the guard's terms.
 
@@ -7,38 +8,54 @@ tcp6, unix, ssl, systemd, haproxy) listens through L{GuardedTCPPort} or
 L{GuardedUNIXPort}.  Their accept loop is the server's own, because each
 step of it is policy:
 
-  - never accept more than the room left under C{max_connections}: Twisted
+  - never accept more than the room the L{AcceptGate} leaves: Twisted
     accepts up to a hundred or more connections per wake-up, so merely
     pausing the port at the limit would overshoot it by a batch;
   - refuse peers that L{Admission} turns away before any protocol is built,
     so that not one of their bytes is read;
-  - when accept() fails for want of descriptors (EMFILE, ENFILE), release a
-    reserved descriptor, accept and close the waiting clients, and log that
-    at most every few seconds; if that is impossible, back off for a moment
-    instead of spinning on a listening socket that stays readable;
+  - when accept() fails for want of descriptors (EMFILE, ENFILE), release
+    the reserved descriptor, accept and close the waiting clients, and log
+    that at most every few seconds; if that is impossible, back off for a
+    moment instead of spinning on a listening socket that stays readable;
   - an exception raised by the protocol factory or by C{connectionMade}
-    closes that one connection and is logged with the protocol's name.
+    closes that one connection and is logged with the protocol's name; any
+    other unexpected exception (an unknown accept error, the transport's
+    constructor) is logged and the port keeps listening, as Twisted's own
+    accept loop does.
+
+Twisted internals this module relies on (checked to exist, with the kind
+expected, by C{tests.test_twistedcontract}):
+
+  - subclassing C{tcp.Port} and C{unix.Port}, and their C{transport} class
+    attribute: the only way to give an endpoint's port a transport of ours;
+  - C{tcp._reservedFD}: the descriptor Twisted's ports reserve when they
+    start listening, released here to accept and close waiting clients
+    when the process runs out (one reserve for the whole process);
+  - C{tcp.Port._fromListeningDescriptor} and
+    C{unix.Port._fromListeningDescriptor}: how Twisted's own
+    C{adoptStreamPort} builds a port around an inherited socket (systemd).
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
 from typing import Any
 
 from twisted.internet import tcp, unix
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import UnsupportedAddressFamily
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import LogLevel
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from myserver.accepting import IAcceptingPort
 from myserver.admission import describeAddress, hostOf
-from myserver.guard import (
-    DESCRIPTORS_EXHAUSTED,
-    Guard,
-    GuardedServer,
-    GuardedUNIXServer,
-)
+from myserver.policy import DESCRIPTORS_EXHAUSTED, Guard
+from myserver.proxy import GuardedProxyFactory, isProxyFactory
+from myserver.transport import GuardedServer, GuardedUNIXServer
 
 # The listen backlog when an endpoint string names none, as nginx (511) and
 # uvicorn (2048) choose theirs; the kernel caps it at net.core.somaxconn.
@@ -55,42 +72,9 @@ def backlogFor(endpoint: str) -> int | None:
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # The peer gave up, or a firewall said no: try the next one.
 _PEER_GONE = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO)
-# The kernel is short of memory: stop for now, without spinning.
-_SHORT_OF_MEMORY = (errno.ENOBUFS, errno.ENOMEM)
 
 
-class DescriptorReserve:
-    """
-    One descriptor held back so that, when the process runs out, it can be
-    released to accept (and close) the clients waiting in the backlog
-    instead of leaving them to time out while the listening socket keeps
-    waking the reactor.
-    """
-
-    def __init__(self) -> None:
-        self._fd: int | None = None
-
-    def reserve(self) -> None:
-        if self._fd is None:
-            try:
-                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                self._fd = None
-
-    def release(self) -> bool:
-        """
-        @return: whether a descriptor was released.
-        """
-        if self._fd is None:
-            return False
-        os.close(self._fd)
-        self._fd = None
-        return True
-
-
-_reserve = DescriptorReserve()
-
-
+@implementer(IAcceptingPort)
 class GuardedPort:
     """
     The accept loop of a guarded listening port, mixed into Twisted's TCP
@@ -108,12 +92,13 @@ class GuardedPort:
     numberAccepts = 100
     sessionno = 0
     _backingOff = False
+    _paused = False
 
     def doRead(self) -> None:
         guard = self.guard
-        room = guard.room()
+        room = guard.gate.room(guard)
         if room <= 0:
-            self.stopReading()  # type: ignore[attr-defined]
+            guard.gate.reconsider()
             return
         batch = min(self.numberAccepts, room)
         accepted = 0
@@ -128,28 +113,30 @@ class GuardedPort:
                     continue
                 if e.errno in _OUT_OF_DESCRIPTORS:
                     self._outOfDescriptors(e)
-                elif e.errno in _SHORT_OF_MEMORY:
-                    self._acceptFailed(e)
                 else:
-                    raise
+                    self._acceptFailed(e)
                 break
             accepted += 1
-            self._serve(skt, addr)
+            try:
+                self._serve(skt, addr)
+            except Exception:
+                # Not the protocol's fault (that is handled in _serve): the
+                # transport could not be built.  This connection is lost;
+                # the port goes on listening.
+                skt.close()
+                guard.acceptFailed(self._describe())
         # As Twisted does: accept more per wake-up while a batch fills up.
         if accepted == self.numberAccepts:
             self.numberAccepts += 20
         elif accepted < batch:
             self.numberAccepts = max(1, accepted)
 
+    def _address(self, addr: Any) -> Any:
+        raise NotImplementedError()
+
     def _serve(self, skt: socket.socket, addr: Any) -> None:
         guard = self.guard
-        if isinstance(addr, tuple) and len(addr) == 4:
-            # IPv6: keep the scope ID in the host, as Twisted does.
-            host = socket.getnameinfo(
-                addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
-            )
-            addr = (host[0], *addr[1:])
-        address = self._buildAddr(addr)  # type: ignore[attr-defined]
+        address = self._address(addr)
         if guard.admission.active and not self.proxied:
             reason = guard.admission.refusal(hostOf(address))
             if reason is not None:
@@ -181,6 +168,9 @@ class GuardedPort:
             guard.protocolFailed("connectionMade", address)
             transport.abortConnection()
 
+    def _describe(self) -> str:
+        return describeAddress(self.getHost())  # type: ignore[attr-defined]
+
     def _outOfDescriptors(self, error: OSError) -> None:
         """
         accept() failed with EMFILE or ENFILE: use the reserved descriptor
@@ -188,8 +178,9 @@ class GuardedPort:
         and the listening socket stops waking the reactor.
         """
         closed = 0
-        if _reserve.release():
-            try:
+        reserve = tcp._reservedFD
+        if reserve.available():
+            with reserve:
                 while closed < self.numberAccepts:
                     try:
                         skt, _ = self.socket.accept()  # type: ignore[attr-defined]
@@ -197,8 +188,6 @@ class GuardedPort:
                         break
                     skt.close()
                     closed += 1
-            finally:
-                _reserve.reserve()
         self.guard.count(DESCRIPTORS_EXHAUSTED, closed)
         self.guard.warnings.emit(
             DESCRIPTORS_EXHAUSTED,
@@ -207,23 +196,28 @@ class GuardedPort:
             "{listener}: closed {closed} waiting clients; still serving the "
             "open connections",
             error=errno.errorcode.get(error.errno or 0, str(error)),
-            listener=describeAddress(self.getHost()),  # type: ignore[attr-defined]
+            listener=self._describe(),
             closed=closed,
         )
         if not closed:
-            self._pause()
+            self._backOff()
 
     def _acceptFailed(self, error: OSError) -> None:
+        """
+        accept() failed for another reason (the kernel short of memory, or
+        an error nobody expected): log it, back off for a moment, keep the
+        port.
+        """
         self.guard.warnings.emit(
             "accept",
             LogLevel.warn,
             "cannot accept connections on {listener}: {error}",
-            listener=describeAddress(self.getHost()),  # type: ignore[attr-defined]
+            listener=self._describe(),
             error=error,
         )
-        self._pause()
+        self._backOff()
 
-    def _pause(self) -> None:
+    def _backOff(self) -> None:
         """
         Stop accepting for C{backoff} seconds: the listening socket stays
         readable, and without a pause the reactor would call doRead in a
@@ -235,29 +229,28 @@ class GuardedPort:
 
     def _endBackoff(self) -> None:
         self._backingOff = False
-        self.maybeResumeAccepting()
+        if not self._paused:
+            self.resumeAccepting()
 
-    def maybeResumeAccepting(self) -> None:
-        """
-        Accept again, unless stopping, backing off, or out of room.
-        """
+    def pauseAccepting(self) -> None:
+        self._paused = True
+        self.stopReading()  # type: ignore[attr-defined]
+
+    def resumeAccepting(self) -> None:
+        self._paused = False
         if (
             self.connected  # type: ignore[attr-defined]
             and not self.disconnecting  # type: ignore[attr-defined]
             and not self._backingOff
-            and self.guard.room() > 0
         ):
             self.startReading()  # type: ignore[attr-defined]
 
     def startListening(self) -> None:
-        _reserve.reserve()
         super().startListening()  # type: ignore[misc]
-        self.guard.ports.add(self)
-        self.guard.registry.addPort(self)
+        self.guard.gate.portStarted(self.guard, self)
 
     def connectionLost(self, reason: Failure) -> None:
-        self.guard.ports.discard(self)
-        self.guard.registry.removePort(self)
+        self.guard.gate.portStopped(self.guard, self)
         super().connectionLost(reason)  # type: ignore[misc]
 
 
@@ -268,6 +261,15 @@ class GuardedTCPPort(GuardedPort, tcp.Port):
 
     transport = GuardedServer
 
+    def _address(self, addr: Any) -> IPv4Address | IPv6Address:
+        if self.addressFamily == socket.AF_INET6:
+            # Keep the scope ID in the host, as Twisted does.
+            host, _ = socket.getnameinfo(
+                addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+            )
+            return IPv6Address("TCP", host, *addr[1:])
+        return IPv4Address("TCP", *addr)
+
 
 class GuardedUNIXPort(GuardedPort, unix.Port):
     """
@@ -275,6 +277,9 @@ class GuardedUNIXPort(GuardedPort, unix.Port):
     """
 
     transport = GuardedUNIXServer
+
+    def _address(self, addr: Any) -> UNIXAddress:
+        return UNIXAddress(addr)
 
 
 class GuardingReactor:
@@ -302,14 +307,21 @@ class GuardingReactor:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._reactor, name)
 
-    def _start(self, port: Any) -> IListeningPort:
-        from myserver.proxy import GuardedProxyFactory
-
+    def _start(self, port: GuardedPort) -> IListeningPort:
         port.guard = self._guard
-        port.proxied = isinstance(port.factory, GuardedProxyFactory)
+        port.proxied = isinstance(port.factory, GuardedProxyFactory)  # type: ignore[attr-defined]
         port.startListening()
-        listening: IListeningPort = port
+        listening: IListeningPort = port  # type: ignore[assignment]
         return listening
+
+    def _proxied(self, factory: Any) -> Any:
+        """
+        A C{haproxy:} endpoint wraps the factory in Twisted's PROXY
+        protocol factory: put the guard-aware one in its place.
+        """
+        if isProxyFactory(factory):
+            return GuardedProxyFactory(factory.wrappedFactory, self._guard)
+        return factory
 
     def listenTCP(
         self,
@@ -318,27 +330,15 @@ class GuardingReactor:
         backlog: int = 50,
         interface: str = "",
     ) -> IListeningPort:
-        listening = GuardedTCPPort(
-            port,
-            self._proxied(factory),
-            self._backlog or backlog,
-            interface,
-            self._reactor,
+        return self._start(
+            GuardedTCPPort(
+                port,
+                self._proxied(factory),
+                self._backlog or backlog,
+                interface,
+                self._reactor,
+            )
         )
-        return self._start(listening)
-
-    def _proxied(self, factory: Any) -> Any:
-        """
-        A C{haproxy:} endpoint wraps the factory in Twisted's PROXY
-        protocol factory: put the guard-aware one in its place.
-        """
-        from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
-
-        if type(factory) is HAProxyWrappingFactory:
-            from myserver.proxy import GuardedProxyFactory
-
-            return GuardedProxyFactory(factory.wrappedFactory, self._guard)
-        return factory
 
     def listenUNIX(
         self,
@@ -362,16 +362,13 @@ class GuardingReactor:
         backlog: int = 50,
         interface: str = "",
     ) -> IListeningPort:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-
         tlsFactory = TLSMemoryBIOFactory(contextFactory, False, factory)
-        listening = self.listenTCP(port, tlsFactory, backlog, interface)
-        listening._type = "TLS"  # type: ignore[attr-defined]
-        return listening
+        return self.listenTCP(port, tlsFactory, backlog, interface)
 
     def adoptStreamPort(
         self, fileDescriptor: int, addressFamily: int, factory: IProtocolFactory
     ) -> IListeningPort:
+        port: GuardedPort
         if addressFamily == socket.AF_UNIX:
             port = GuardedUNIXPort._fromListeningDescriptor(
                 self._reactor, fileDescriptor, self._proxied(factory)
@@ -381,7 +378,5 @@ class GuardingReactor:
                 self._reactor, fileDescriptor, addressFamily, self._proxied(factory)
             )
         else:
-            from twisted.internet.error import UnsupportedAddressFamily
-
             raise UnsupportedAddressFamily(addressFamily)
         return self._start(port)

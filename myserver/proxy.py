@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_proxy,tests.test_twistedcontract -*-
 """
 The PROXY protocol (v1 and v2), with the guard applied to the client
 behind the proxy.
@@ -17,6 +18,15 @@ protocol back until the header is in, so that:
     connection from the proxy itself.
 
 After the header, data flows to the protocol through one call, Twisted's.
+
+Twisted internals this module relies on (checked to exist, with the kind
+expected, by C{tests.test_twistedcontract}): Twisted publishes only
+C{proxyEndpoint}, so the parser and wrapper are reached in their private
+modules: C{_wrapper.HAProxyProtocolWrapper} (subclassed, with its
+C{_proxyInfo} and C{_parser} state) and C{HAProxyWrappingFactory} (the
+factory C{haproxy:} endpoints wrap, replaced on guarded ports),
+C{_v1parser.V1Parser} and C{_v2parser.V2Parser} (their C{PROXYSTR} and
+C{PREFIX} signatures and C{feed}), C{_exceptions.InvalidProxyHeader}.
 """
 
 from __future__ import annotations
@@ -133,3 +143,11 @@ class GuardedProxyFactory(HAProxyWrappingFactory):
     def __init__(self, wrappedFactory: Any, guard: Any) -> None:
         super().__init__(wrappedFactory)
         self.guard = guard
+
+
+def isProxyFactory(factory: object) -> bool:
+    """
+    Whether C{factory} is the one a C{haproxy:} endpoint wraps a protocol
+    factory in (Twisted's own, not yet replaced by L{GuardedProxyFactory}).
+    """
+    return type(factory) is HAProxyWrappingFactory

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_reactor,tests.test_twistedcontract -*-
 """
 myserver's reactor: Twisted's epoll reactor, minus the legacy log context
 on the hot path.
@@ -18,6 +19,13 @@ Twisted does.
 It is installed when twistd was given no C{--reactor}: C{twistd -r epoll
 myserver} (or any other reactor) serves the same way, only slower.  It is
 also a twistd reactor plugin, C{twistd -r myserver}.
+
+Twisted internals this module relies on (checked by
+C{tests.test_twistedcontract}, which also compares a hash of Twisted's own
+C{EPollReactor.doPoll} with the one this copy was made from, so that an
+upgrade that changes it fails loudly): C{EPollReactor.doPoll}'s body,
+copied with one change; C{_poller}, C{_selectables} and
+C{_doReadOrWrite}, which it uses.
 """
 
 from __future__ import annotations
@@ -55,10 +63,13 @@ class DirectEPollReactor(EPollReactor):
             if getattr(selectable, "directDispatch", False):
                 try:
                     doReadOrWrite(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
                 except BaseException:
-                    # What callWithLogger would have caught (a protocol's
+                    # What callWithLogger catches (a protocol's
                     # connectionLost raising, say): log it and go on with
-                    # the other ready descriptors.
+                    # the other ready descriptors.  As there, Ctrl-C is not
+                    # caught.
                     log.err(None, f"error handling {selectable.logPrefix()}")
             else:
                 log.callWithLogger(selectable, doReadOrWrite, selectable, fd, event)

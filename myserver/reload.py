@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_reload,tests.test_core -*-
 """
 Reloading the configuration on SIGHUP, as nginx and HAProxy do.
 
@@ -19,7 +20,9 @@ from typing import Any
 from twisted.logger import Logger
 
 from myserver.admission import Admission
-from myserver.config import Config, ConfigError, Listener, load
+from myserver.config import EndpointCheck, load
+from myserver.errors import ConfigError
+from myserver.settings import Config, Listener
 
 log = Logger(namespace="myserver")
 
@@ -51,7 +54,7 @@ class Reconfigure:
 
     @ivar config: the configuration in force.
     @ivar targets: for each listener served in this process, the object
-        that applies its settings: a L{myserver.guard.Guard} or a
+        that applies its settings: a L{myserver.policy.Guard} or a
         L{myserver.datagram.GuardedDatagramProtocol}.
     """
 
@@ -63,13 +66,21 @@ class Reconfigure:
         server: Any,
         targets: list[tuple[Listener, Any]],
         environ: Callable[[], Mapping[str, str]],
+        checkEndpoint: EndpointCheck,
+        setLogLevel: Callable[[str], None] | None = None,
         workers: Callable[[Config], None] | None = None,
     ) -> None:
         """
+        @param server: the L{myserver.service.ServerService}.
         @param targets: each listener served in this process, with what
             applies its settings.
+        @param checkEndpoint: checks endpoint strings, as at start.
+        @param setLogLevel: changes the level of the server's log observer,
+            when it has one (not under an operator's own twistd logger).
         @param workers: hands a new configuration to worker processes.
         """
+        self.checkEndpoint = checkEndpoint
+        self.setLogLevel = setLogLevel
         self.cli = cli
         self.protocols = protocols
         self.config = config
@@ -83,7 +94,7 @@ class Reconfigure:
         @return: whether the new configuration was applied.
         """
         try:
-            new = load(self.cli, self.environ(), self.protocols)
+            new = load(self.cli, self.environ(), self.protocols, self.checkEndpoint)
         except ConfigError as e:
             log.error("reload refused, configuration unchanged: {error}", error=str(e))
             return False
@@ -101,16 +112,13 @@ class Reconfigure:
             match = self._match(listener, new.listen)
             if match is not None:
                 self._apply(new, match, target)
-        registry = self.server.registry
-        registry.maxConnections = new.max_connections
+        self.server.gate.maxConnections = new.max_connections
+        self.server.gate.reconsider()
         self.server.shutdownTimeout = new.shutdown_timeout
-        for port in list(registry.ports):
-            port.maybeResumeAccepting()
         self.server.restartSweeper()
-        from myserver.logs import setLevel
-
-        setLevel(new.log_level)
-        registry.logConnections = new.log_level == "debug"
+        if self.setLogLevel is not None:
+            self.setLogLevel(new.log_level)
+        self.server.registry.logConnections = new.log_level == "debug"
         if self.workers is not None:
             self.workers(replace(new, workers=old.workers))
         log.info("configuration reloaded")

@@ -1,6 +1,7 @@
+# -*- test-case-name: tests.test_guard,tests.test_shutdown,tests.test_core -*-
 """
-The running server: listening services, the connection registry, and the
-graceful drain.
+The running server: its listening services, the idle sweep, reload, and
+the graceful drain.
 
 Stopping runs top down (twistd does it on SIGTERM and SIGINT): every
 listener stops accepting at once, the connections still open get up to
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import resource
 import signal
-from bisect import bisect_left
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -20,26 +20,19 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import ConnectionAborted, ConnectionDone
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from myserver.admission import describeAddress
-from myserver.config import Listener
-from myserver.guard import Guard, GuardedServer
-from myserver.interfaces import IConnectionRegistry, IReloadable
-from myserver.ports import GuardedPort, GuardingReactor, backlogFor
+from myserver.accepting import AcceptGate
+from myserver.interfaces import IReloadable
+from myserver.listening import EndpointService
+from myserver.policy import Guard
+from myserver.ports import GuardingReactor, backlogFor
+from myserver.registry import ConnectionRegistry
+from myserver.settings import Listener
 
 log = Logger(namespace="myserver")
-
-
-class CannotListen(Exception):
-    """
-    A listener could not start; the message is one line for the operator.
-    """
 
 
 def raiseDescriptorLimit() -> int:
@@ -65,153 +58,14 @@ def raiseDescriptorLimit() -> int:
     return hard
 
 
-DURATION_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
-
-
-class Histogram:
+class ListenerService(EndpointService):
     """
-    A histogram in plain integers, updated without a lock; the metrics
-    collector reads it at scrape time.
-    """
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """
-        Prometheus buckets: (upper bound, observations at most that).
-        """
-        running = 0
-        buckets = []
-        for bound, count in zip(
-            [*map(repr, self.bounds), "+Inf"], self.counts, strict=True
-        ):
-            running += count
-            buckets.append((bound, running))
-        return buckets
-
-
-@implementer(IConnectionRegistry)
-class ConnectionRegistry:
-    """
-    Every open guarded connection of the server.
-
-    @ivar connections: the open connections' transports.
-    @ivar logConnections: emit a debug event per connection; decided once,
-        from the configured log level, so that the default level costs the
-        accept path nothing.
-    """
-
-    def __init__(
-        self, maxConnections: int = 10000, logConnections: bool = False
-    ) -> None:
-        self.connections: set[GuardedServer] = set()
-        self.maxConnections = maxConnections
-        self.logConnections = logConnections
-        self.ports: set[GuardedPort] = set()
-        self._whenEmpty: list[Deferred[None]] = []
-        # Totals over closed connections, for the metrics.
-        self.results: dict[str, int] = {}
-        self.bytesReceived = 0
-        self.bytesSent = 0
-        self.durations = Histogram(DURATION_BUCKETS)
-
-    def __len__(self) -> int:
-        return len(self.connections)
-
-    def room(self) -> int:
-        """
-        How many more connections may be accepted now.
-        """
-        return self.maxConnections - len(self.connections)
-
-    def addPort(self, port: GuardedPort) -> None:
-        self.ports.add(port)
-
-    def removePort(self, port: GuardedPort) -> None:
-        self.ports.discard(port)
-
-    def add(self, connection: GuardedServer) -> None:
-        self.connections.add(connection)
-        if len(self.connections) >= self.maxConnections:
-            # Stop accepting: new clients wait in the kernel's backlog.
-            for port in self.ports:
-                port.stopReading()  # type: ignore[attr-defined]
-        if self.logConnections:
-            log.debug(
-                "connection from {peer} opened",
-                peer=describeAddress(connection.clientAddress()),
-            )
-
-    def remove(self, connection: GuardedServer, reason: Failure) -> None:
-        before = len(self.connections)
-        self.connections.discard(connection)
-        if isinstance(reason.value, ConnectionDone):
-            result = "closed"
-        elif isinstance(reason.value, ConnectionAborted):
-            result = "aborted"
-        else:
-            result = "lost"
-        self.results[result] = self.results.get(result, 0) + 1
-        self.bytesReceived += connection.bytesReceived
-        self.bytesSent += connection.bytesSent
-        self.durations.observe(connection.guard.clock.seconds() - connection.openedAt)
-        if before >= self.maxConnections > len(self.connections):
-            for port in list(self.ports):
-                port.maybeResumeAccepting()
-        if self.logConnections:
-            log.debug(
-                "connection from {peer} closed after {duration:.3f}s: "
-                "{bytes_in} bytes in, {bytes_out} bytes out ({reason})",
-                peer=describeAddress(connection.clientAddress()),
-                duration=connection.guard.clock.seconds() - connection.openedAt,
-                bytes_in=connection.bytesReceived,
-                bytes_out=connection.bytesSent,
-                reason=reason.getErrorMessage(),
-            )
-        if not self.connections and self._whenEmpty:
-            waiting, self._whenEmpty = self._whenEmpty, []
-            for d in waiting:
-                d.callback(None)
-
-    def whenEmpty(self) -> Deferred[None]:
-        """
-        @return: a Deferred that fires once no connection is open.
-        """
-        if not self.connections:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._whenEmpty.append(d)
-        return d
-
-    def abortAll(self) -> int:
-        """
-        Abort every open connection, dropping what is queued for it.
-
-        @return: how many were aborted.
-        """
-        open = list(self.connections)
-        for connection in open:
-            connection.abortConnection()
-        return len(open)
-
-
-class ListenerService(Service):
-    """
-    One listening endpoint serving one protocol factory through a L{Guard}.
+    One listening endpoint serving one protocol factory through a L{Guard}:
+    Twisted's endpoint service, listening through a L{GuardingReactor}.
 
     Listening happens in C{privilegedStartService}, before twistd drops
     privileges, so ports below 1024 work with C{--uid}.
     """
-
-    port: IListeningPort | None = None
-    endpoint: Any = None
 
     def __init__(
         self,
@@ -220,49 +74,21 @@ class ListenerService(Service):
         guard: Guard,
         reactor: Any,
     ) -> None:
+        spec = listener.endpoint
+        endpoint = serverFromString(
+            GuardingReactor(reactor, guard, backlogFor(spec)), spec
+        )
+        super().__init__(endpoint, factory, spec)
         self.listener = listener
-        self.factory = factory
         self.guard = guard
-        self.reactor = reactor
-        self._failure: Failure | None = None
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        if self.port is None and self._failure is None:
-            spec = self.listener.endpoint
-            endpoint = self.endpoint = serverFromString(
-                GuardingReactor(self.reactor, self.guard, backlogFor(spec)), spec
-            )
-            endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
-        if self._failure is not None:
-            raise CannotListen(
-                f"cannot listen on {self.listener.endpoint}: "
-                f"{' '.join(self._failure.getErrorMessage().split())}"
-            )
-
-    def startService(self) -> None:
-        if self.port is None:
-            self.privilegedStartService()
-        super().startService()
-
-    def _listening(self, port: IListeningPort) -> None:
-        self.port = port
+    def logListening(self, address: str) -> None:
         log.info(
             "{protocol} listening on {address} ({endpoint})",
             protocol=self.listener.protocol,
-            address=describeAddress(port.getHost()),
+            address=address,
             endpoint=self.listener.endpoint,
         )
-
-    def _failed(self, failure: Failure) -> None:
-        self._failure = failure
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        port, self.port = self.port, None
-        if port is None:
-            return None
-        return port.stopListening()
 
 
 class ServerService(MultiService):
@@ -270,6 +96,7 @@ class ServerService(MultiService):
     The whole server: its listeners, and the drain that stopping runs.
 
     @ivar registry: every open connection.
+    @ivar gate: decides when the listening ports accept.
     @ivar draining: true from the moment stopping begins.
     """
 
@@ -281,6 +108,7 @@ class ServerService(MultiService):
     def __init__(
         self,
         registry: ConnectionRegistry,
+        gate: AcceptGate,
         shutdownTimeout: float,
         clock: Any,
         guards: list[Guard] | None = None,
@@ -288,6 +116,7 @@ class ServerService(MultiService):
         super().__init__()
         self._whenStopped: list[Deferred[None]] = []
         self.registry = registry
+        self.gate = gate
         self.shutdownTimeout = shutdownTimeout
         self.clock = clock
         self.guards = guards or []
@@ -371,7 +200,7 @@ class ServerService(MultiService):
         if self.reconfigure is not None:
             self.reconfigure()
         for service in self:
-            endpoint = getattr(service, "endpoint", None)
+            endpoint = getattr(service, "serverEndpoint", None)
             if IReloadable.providedBy(endpoint):
                 try:
                     endpoint.reload()

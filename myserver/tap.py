@@ -1,5 +1,12 @@
+# -*- test-case-name: tests.test_cli,tests.test_core,tests.test_plugins -*-
 """
 C{twistd myserver}: command-line options and the service they describe.
+
+L{Options} parses and validates: it finds the protocol plugins, merges the
+configuration and builds each listener's protocol factory (a plugin's
+complaint about its options is a configuration error, reported before
+anything listens).  L{makeService} builds the service tree from that,
+in the spirit of C{twisted.web.tap}.
 """
 
 from __future__ import annotations
@@ -10,9 +17,31 @@ from functools import partial
 from typing import Any, NoReturn
 
 from twisted.application.service import IService, MultiService, Service
+from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.python.components import Componentized
 
-from myserver.config import SETTINGS, Config, ConfigError, Listener, load, render
+from myserver.accepting import AcceptGate
+from myserver.admin import AdminService, adminSite
+from myserver.config import load
+from myserver.datagram import (
+    DatagramListenerService,
+    GuardedDatagramProtocol,
+    SourceRateLimit,
+)
+from myserver.endpoints import endpointChecker
+from myserver.errors import CannotListen, ConfigError
+from myserver.interfaces import IDatagramPlugin
+from myserver.logs import ServerLogObserver
+from myserver.plugins import discover
+from myserver.policy import Guard
+from myserver.reactor import installUnlessChosen
+from myserver.registry import ConnectionRegistry
+from myserver.reload import Reconfigure, admissionFor, listenerSetting
+from myserver.render import render
+from myserver.service import ListenerService, ServerService, StopOnSignals, log
+from myserver.settings import SETTINGS, Config, Listener
+from myserver.workers import WorkerSupervisor
 
 # Repeatable options, spelled with opt_ methods.
 _LISTS = ("allow", "deny")
@@ -99,12 +128,12 @@ class Options(usage.Options):
             _fail(str(e))
 
     def postOptions(self) -> None:
-        from myserver.plugins import discover
-        from myserver.reactor import installUnlessChosen
-
-        # Before anything imports the default reactor: twistd installs the
-        # one named by --reactor while parsing its own options, earlier.
+        # twistd installs the reactor named by --reactor while parsing its
+        # own options, before ours; with none named, myserver's is the
+        # default, installed before anything imports the reactor.
         installUnlessChosen()
+        from twisted.internet import reactor
+
         discovery = discover()
         if self["list-protocols"]:
             for name in sorted(discovery.protocols):
@@ -115,10 +144,11 @@ class Options(usage.Options):
         for name in _LISTS:
             cli[name] = self[name] or None
         cli["listen"] = [_listenerTable(given) for given in self["listen"]] or None
+        self.cli = cli
+        self.knownProtocols = discovery.protocols.keys() | discovery.problems.keys()
+        self.checkEndpoint = endpointChecker(reactor)
         try:
-            known = discovery.protocols.keys() | discovery.problems.keys()
-            self.config = load(cli, os.environ, known)
-            self.cli, self.knownProtocols = cli, known
+            self.config = load(cli, os.environ, self.knownProtocols, self.checkEndpoint)
             for listener in self.config.listen:
                 if listener.protocol in discovery.problems:
                     raise ConfigError(discovery.problems[listener.protocol])
@@ -132,26 +162,6 @@ class Options(usage.Options):
         if self["check-config"]:
             sys.stdout.write(render(self.config))
             raise SystemExit(0)
-        self._chooseLogger()
-
-    def _chooseLogger(self) -> None:
-        """
-        Have twistd log through myserver's observer, unless the operator
-        asked twistd for a logger of their own or for syslog.
-        """
-        twistd = getattr(self, "parent", None)
-        if twistd is None or twistd.get("logger") or twistd.get("syslog"):
-            return
-        from myserver.logs import prepare
-
-        logfile = twistd.get("logfile") or ("-" if twistd.get("nodaemon") else "")
-        if logfile in ("-", ""):
-            stream = None if logfile == "-" else _openLog("twistd.log")
-        else:
-            stream = _openLog(logfile)
-        twistd["logger"] = prepare(
-            self.config.log_level, self.config.log_format, stream
-        )
 
 
 def _tomlValue(text: str) -> Any:
@@ -188,14 +198,31 @@ def _openLog(path: str) -> Any:
     return LogFile.fromFullPath(path, rotateLength=None)
 
 
+def _logObserver(twistd: Any, config: Config) -> ServerLogObserver | None:
+    """
+    The server's log observer for twistd's application, writing where
+    twistd's C{--logfile} says (standard output in the foreground, else
+    C{twistd.log}); L{None} when the operator gave twistd a C{--logger} or
+    C{--syslog} of their own, or when not run by twistd.
+    """
+    if twistd is None or "logger" not in twistd:
+        return None
+    if twistd.get("logger") or twistd.get("syslog"):
+        return None
+    logfile = twistd.get("logfile") or ("-" if twistd.get("nodaemon") else "")
+    if logfile == "-":
+        stream = None
+    else:
+        stream = _openLog(logfile or "twistd.log")
+    return ServerLogObserver(config.log_level, config.log_format, stream)
+
+
 def _buildFactory(plugin: Any, listener: Listener) -> Any:
     """
     The listener's protocol factory, or for a datagram listener its
     datagram protocol; a plugin's complaint about its options is a
     configuration error.
     """
-    from myserver.interfaces import IDatagramPlugin
-
     try:
         if not listener.isDatagram:
             return plugin.buildFactory(listener.options)
@@ -210,114 +237,111 @@ def _buildFactory(plugin: Any, listener: Listener) -> Any:
 
 class _Root(MultiService):
     """
-    The top service under twistd: a listener that cannot start ends the
-    process with one line on standard error and status 1.
+    The top service: a listener that cannot start ends the process with one
+    line on standard error and status 1, and, under twistd, the server's
+    log observer is the application's L{ILogObserver} component.
     """
 
-    def privilegedStartService(self) -> None:
-        from myserver.service import CannotListen
+    def __init__(self, logObserver: ServerLogObserver | None) -> None:
+        super().__init__()
+        self.logObserver = logObserver
 
+    def setServiceParent(self, parent: Any) -> None:
+        if self.logObserver is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.logObserver)
+        super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except CannotListen as e:
             _fail(str(e), 1)
 
 
+def _serve(
+    config: Config,
+    listener: Listener,
+    factory: Any,
+    registry: ConnectionRegistry,
+    gate: AcceptGate,
+    reactor: Any,
+) -> tuple[Service, Any]:
+    """
+    One listener's service, and what applies its settings on reload (its
+    L{Guard}, or for UDP its guarded datagram protocol).
+    """
+    setting = partial(listenerSetting, config, listener)
+    if listener.isDatagram:
+        limit = SourceRateLimit(
+            reactor, setting("datagram_rate"), setting("datagram_burst")
+        )
+        guarded = GuardedDatagramProtocol(
+            factory, listener.protocol, admissionFor(config, listener), limit, reactor
+        )
+        return DatagramListenerService(listener, guarded, reactor), guarded
+    guard = Guard(
+        registry,
+        gate,
+        reactor,
+        protocolName=listener.protocol,
+        maxWriteBuffer=setting("max_write_buffer"),
+        idleTimeout=setting("idle_timeout"),
+        maxConnections=listener.settings.get("max_connections", 0),
+        admission=admissionFor(config, listener),
+        noDelay=setting("tcp_nodelay"),
+    )
+    return ListenerService(listener, factory, guard, reactor), guard
+
+
 def makeService(options: Options) -> IService:
     """
     Build the server described by C{options}: one guarded listener per
-    configured endpoint, drained gracefully on SIGTERM and SIGINT.
+    configured endpoint (or, with C{workers > 1}, a supervisor whose
+    workers serve the stream listeners), drained gracefully on SIGTERM and
+    SIGINT, reloaded on SIGHUP, and the admin endpoint when configured.
     """
     from twisted.internet import reactor
 
-    from myserver.datagram import (
-        DatagramListenerService,
-        GuardedDatagramProtocol,
-        SourceRateLimit,
-    )
-    from myserver.guard import Guard
-    from myserver.reload import Reconfigure, admissionFor, listenerSetting
-    from myserver.service import (
-        ConnectionRegistry,
-        ListenerService,
-        ServerService,
-        StopOnSignals,
-        log,
-    )
-
     config = options.config
-    registry = ConnectionRegistry(
-        config.max_connections, logConnections=config.log_level == "debug"
-    )
-    guards = []
+    registry = ConnectionRegistry(logConnections=config.log_level == "debug")
+    gate = AcceptGate(registry, config.max_connections)
+    supervisor = WorkerSupervisor(config, reactor) if config.workers > 1 else None
+    services: list[Service] = [supervisor] if supervisor is not None else []
     targets: list[tuple[Listener, Any]] = []
-    listeners: list[Service] = []
-    supervisor = None
-    if config.workers > 1:
-        # Stream listeners are served by worker processes; datagram
-        # listeners, which have no connections to spread, by this one.
-        from myserver.workers import WorkerSupervisor
-
-        supervisor = WorkerSupervisor(config, reactor)
-        listeners.append(supervisor)
     for listener, factory in zip(config.listen, options.factories, strict=True):
-        setting = partial(listenerSetting, config, listener)
-        if supervisor is not None and not listener.isDatagram:
-            continue
-        if listener.isDatagram:
-            limit = SourceRateLimit(
-                reactor, setting("datagram_rate"), setting("datagram_burst")
-            )
-            guarded = GuardedDatagramProtocol(
-                factory,
-                listener.protocol,
-                admissionFor(config, listener),
-                limit,
-                reactor,
-            )
-            targets.append((listener, guarded))
-            listeners.append(DatagramListenerService(listener, guarded, reactor))
-            continue
-        guard = Guard(
-            registry,
-            reactor,
-            protocolName=listener.protocol,
-            maxWriteBuffer=setting("max_write_buffer"),
-            idleTimeout=setting("idle_timeout"),
-            maxConnections=listener.settings.get("max_connections", 0),
-            admission=admissionFor(config, listener),
-            noDelay=setting("tcp_nodelay"),
-        )
-        guards.append(guard)
-        targets.append((listener, guard))
-        listeners.append(ListenerService(listener, factory, guard, reactor))
-    server = ServerService(registry, config.shutdown_timeout, reactor, guards)
-    for service in listeners:
+        # Stream listeners are served by the workers when there are any;
+        # datagram listeners, which have no connections to spread, here.
+        if supervisor is None or listener.isDatagram:
+            service, target = _serve(config, listener, factory, registry, gate, reactor)
+            services.append(service)
+            targets.append((listener, target))
+    guards = [target for _, target in targets if isinstance(target, Guard)]
+    server = ServerService(registry, gate, config.shutdown_timeout, reactor, guards)
+    for service in services:
         service.setServiceParent(server)
-    for problem in getattr(options, "pluginProblems", ()):
+    for problem in options.pluginProblems:
         log.warn("ignoring a protocol plugin: {problem}", problem=problem)
-    if hasattr(options, "cli"):
-        server.reconfigure = Reconfigure(
-            options.cli,
-            options.knownProtocols,
-            config,
-            server,
-            targets,
-            lambda: os.environ,
-            supervisor.reload if supervisor is not None else None,
-        )
-
-    root = _Root()
+    logObserver = _logObserver(getattr(options, "parent", None), config)
+    server.reconfigure = Reconfigure(
+        options.cli,
+        options.knownProtocols,
+        config,
+        server,
+        targets,
+        lambda: os.environ,
+        options.checkEndpoint,
+        logObserver.setLevel if logObserver is not None else None,
+        supervisor.reload if supervisor is not None else None,
+    )
+    root = _Root(logObserver)
     if getattr(options, "parent", None) is not None:
-        # Under twistd: own SIGTERM/SIGINT (so that a drain exits with 0)
-        # and SIGHUP; first, so that they are handled before anything else
-        # starts.
+        # Under twistd (or twist): own SIGTERM/SIGINT (so that a drain exits
+        # with 0) and SIGHUP; first, so that they are handled before
+        # anything else starts.
         StopOnSignals(reactor, server).setServiceParent(root)
     if config.admin is not None:
-        from myserver.admin import AdminService, adminSite
-
         datagrams = [t for _, t in targets if not isinstance(t, Guard)]
-        site = adminSite(server, datagrams, supervisor)
+        site = adminSite(server, datagrams, reactor, supervisor)
         # Added before the server: stopping runs in reverse, so the server
         # starts draining (and /readyz says so) before the admin stops.
         AdminService(config.admin, site, server, reactor).setServiceParent(root)

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_tls -*-
 """
 TLS listeners whose certificate can be replaced without a restart.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_workers -*-
 """
 Several processes serving the same listeners (C{workers = N}).
 
@@ -18,8 +19,8 @@ tends to favour one of them; see the README's performance section.
 Limits apply per worker, as an even split: each worker enforces
 C{ceil(max_connections / N)} and C{ceil(max_connections_per_ip / N)}.
 
-A worker is C{python -m myserver.workers CONFIG}: myserver run by twistd
-with the configuration the parent rendered for it, its listeners spelled
+A worker is C{python -m myserver.worker CONFIG} (L{myserver.worker}): myserver
+run by twistd with the configuration the parent rendered for it, its listeners spelled
 C{systemd:domain=...:index=K} (the systemd socket-passing convention, so
 Twisted's own endpoint adopts them) with any C{haproxy:} prefix kept.
 """
@@ -38,13 +39,17 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from myserver.config import Config, ConfigError, Listener, render
+from myserver.errors import CannotListen, ConfigError
+from myserver.ports import backlogFor
 from myserver.reactor import reactorName
+from myserver.render import render
+from myserver.settings import Config, Listener
 
 log = Logger(namespace="myserver.workers")
 
@@ -132,11 +137,6 @@ def bindListener(listener: Listener, copies: int, reactor: Any) -> BoundSockets:
     """
     Bind a stream listener's sockets in this (the parent) process.
     """
-    from twisted.internet.endpoints import serverFromString
-    from twisted.internet.protocol import Factory
-
-    from myserver.ports import backlogFor
-
     binding = BindingReactor(reactor, copies, backlogFor(listener.endpoint))
     endpoint = serverFromString(binding, listener.endpoint)
     outcome: list[Any] = []
@@ -145,8 +145,6 @@ def bindListener(listener: Listener, copies: int, reactor: Any) -> BoundSockets:
         for sock in binding.bound:
             sock.close()
         reason = outcome[0].getErrorMessage() if outcome else "no answer"
-        from myserver.service import CannotListen
-
         raise CannotListen(
             f"cannot listen on {listener.endpoint}: {' '.join(reason.split())}"
         )
@@ -281,7 +279,7 @@ class WorkerSupervisor(Service):
         process = self.reactor.spawnProcess(
             worker,
             sys.executable,
-            [sys.executable, "-m", "myserver.workers", *workerArgs],
+            [sys.executable, "-m", "myserver.worker", *workerArgs],
             env=environ,
             childFDs=childFDs,
         )
@@ -356,28 +354,3 @@ def _describe(sock: socket.socket) -> str:
     if sock.family == socket.AF_INET6:
         return f"tcp6:[{address[0]}]:{address[1]}"
     return f"tcp:{address[0]}:{address[1]}"
-
-
-def main() -> None:
-    """
-    A worker: C{python -m myserver.workers CONFIG [TWISTD-OPTIONS]}, such as
-    C{--reactor NAME}.  The listening sockets
-    arrive as descriptors 3, 4, ... with LISTEN_FDS set by the parent; the
-    systemd convention also wants LISTEN_PID to be this process, which only
-    this process can know.
-    """
-    os.environ["LISTEN_PID"] = str(os.getpid())
-    # A process group of its own: a Ctrl-C in a terminal reaches only the
-    # parent, which tells each worker once; two signals would end a drain.
-    os.setpgid(0, 0)
-    from twisted.scripts.twistd import run
-
-    config, *twistdOptions = sys.argv[1:]
-    sys.argv = [
-        "twistd", "-n", "--pidfile=", *twistdOptions, "myserver", "--config", config
-    ]  # fmt: skip
-    run()
-
-
-if __name__ == "__main__":
-    main()

@@ -84,11 +84,14 @@ class ServerProcess:
         env: dict[str, str] | None = None,
         preexec: Any = None,
         twistdArgs: Sequence[str] = (),
+        launcher: Sequence[str] | None = None,
     ) -> None:
         """
         @param args: myserver's options; C{--listen LOOPBACK} is added when
             they name no listener and C{loopback} is true.
         @param listeners: how many "listening on" lines to wait for.
+        @param launcher: the command before the word C{myserver}, instead
+            of C{twistd -n --pidfile= TWISTD-ARGS}.
         """
         given = sum(a == "--listen" or a.startswith("--listen=") for a in args)
         if not given and loopback:
@@ -98,6 +101,7 @@ class ServerProcess:
         self.env = env
         self.preexec = preexec
         self.twistdArgs = twistdArgs
+        self.launcher = launcher
         self.lines: list[str] = []
         self.addresses: list[tuple[str, int]] = []
         self._stopRequested = False
@@ -113,8 +117,12 @@ class ServerProcess:
         return self.process.pid
 
     def start(self, timeout: float = 30) -> ServerProcess:
+        if self.launcher is None:
+            command = myserverCommand(*self.args, twistdArgs=self.twistdArgs)
+        else:
+            command = [*self.launcher, "myserver", *self.args]
         self.process = subprocess.Popen(
-            myserverCommand(*self.args, twistdArgs=self.twistdArgs),
+            command,
             cwd=self._scratch.name,
             env=_environ(self.env),
             stdout=subprocess.PIPE,

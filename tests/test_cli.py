@@ -14,7 +14,7 @@ import tempfile
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import run, twistdCommand
+from tests.support import ServerProcess, echoOnce, run, twistdCommand
 
 
 def scratchRun(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
@@ -101,6 +101,25 @@ class PackagingTests(TestCase):
             "--check-config",
         ):
             self.assertIn(flag, result.stdout)
+
+
+class TwistTests(TestCase):
+    """
+    Twisted's newer C{twist} runner serves myserver too: its reactor, its
+    logging, myserver's signals.
+    """
+
+    def test_twistServesAndDrains(self) -> None:
+        twist = os.path.join(os.path.dirname(sys.executable), "twist")
+        if not os.access(twist, os.X_OK):
+            self.skipTest(f"no twist beside {sys.executable}")
+        server = ServerProcess(launcher=[twist, "--log-format", "text"]).start()
+        self.addCleanup(server.kill)
+        payload = os.urandom(100_000)
+        self.assertEqual(echoOnce(server.port, payload), payload)
+        self.assertEqual(server.stop(), 0)
+        self.assertIn("received SIGTERM: stopping", server.output)
+        self.assertNotIn("Traceback", server.output)
 
 
 class BadConfigurationTests(TestCase):

@@ -1,5 +1,6 @@
 """
-Unit tests for L{myserver.config}: precedence, parsing, validation, rendering.
+Unit tests for L{myserver.config} and L{myserver.settings}: precedence,
+parsing, validation, rendering.
 """
 
 from __future__ import annotations
@@ -9,16 +10,14 @@ import os
 import tomllib
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from myserver.config import (
-    ConfigError,
-    Listener,
-    load,
-    parseDuration,
-    parseSize,
-    render,
-)
+from myserver.config import load
+from myserver.endpoints import endpointChecker
+from myserver.errors import ConfigError
+from myserver.render import render
+from myserver.settings import Listener, parseDuration, parseSize
 
 PROTOCOLS = ("echo", "chargen")
 
@@ -79,7 +78,7 @@ class LoadTests(TestCase):
     def load(
         self, cli: dict[str, Any] | None = None, env: dict[str, str] | None = None
     ) -> Any:
-        return load(cli or {}, env or {}, PROTOCOLS)
+        return load(cli or {}, env or {}, PROTOCOLS, endpointChecker(reactor))
 
     def test_defaults(self) -> None:
         """

@@ -13,9 +13,13 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from myserver.config import ENV_PREFIX, SETTINGS, Config, ConfigError, load
+from myserver.config import load
+from myserver.endpoints import endpointChecker
+from myserver.errors import ConfigError
+from myserver.settings import ENV_PREFIX, SETTINGS, Config
 
 NAMES = ["listen", *(s.name for s in SETTINGS)]
 PROTOCOLS = ("echo",)
@@ -102,7 +106,7 @@ class ConfigFuzzTests(TestCase):
 
     def assertLoadsOrRefuses(self, *args: Any) -> None:
         try:
-            config = load(*args)
+            config = load(*args, endpointChecker(reactor))
         except ConfigError as e:
             message = str(e)
             self.assertTrue(message)

@@ -19,10 +19,13 @@ from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
-from myserver.config import Listener
-from myserver.guard import Guard, GuardedServer
+from myserver.accepting import AcceptGate
+from myserver.policy import Guard
 from myserver.protocols.echo import Echo, buildFactory
-from myserver.service import ConnectionRegistry, ListenerService, ServerService
+from myserver.registry import ConnectionRegistry
+from myserver.service import ListenerService, ServerService
+from myserver.settings import Listener
+from myserver.transport import GuardedServer
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
@@ -108,13 +111,15 @@ class ServingTestCase(TestCase):
     @inlineCallbacks
     def serve(self, factory: Factory) -> Any:
         self.registry = ConnectionRegistry()
+        self.gate = AcceptGate(self.registry, 10000)
         self.guard = Guard(
             self.registry,
+            self.gate,
             reactor,
             protocolName="test",
             maxWriteBuffer=self.maxWriteBuffer,
         )
-        self.server = ServerService(self.registry, 30.0, reactor)
+        self.server = ServerService(self.registry, self.gate, 30.0, reactor)
         self.listener = ListenerService(
             Listener(LOOPBACK, "test"), factory, self.guard, reactor
         )

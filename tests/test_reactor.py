@@ -61,7 +61,6 @@ class DispatchTests(TestCase):
 
     def setUp(self) -> None:
         self.reactor = DirectEPollReactor()
-        self.addCleanup(self.reactor._uninstallHandler)
         self.addCleanup(self.reactor.waker.connectionLost, None)
         self.addCleanup(self.reactor._poller.close)
 
@@ -162,3 +161,28 @@ class ReactorChoiceTests(TestCase):
             {"twisted.internet.asyncioreactor.AsyncioSelectorReactor"},
         )
         self.assertEqual(server.stop(), 0)
+
+
+class InterruptedWhenLost(RaisesWhenLost):
+    def connectionLost(self, reason: Any) -> None:
+        raise KeyboardInterrupt()
+
+
+class InterruptTests(TestCase):
+    """
+    Ctrl-C is not swallowed by a direct dispatch, exactly as
+    C{log.callWithLogger} lets it through for Twisted's own reactors.
+    """
+
+    def test_keyboardInterruptReRaised(self) -> None:
+        reactor = DirectEPollReactor()
+        self.addCleanup(reactor.waker.connectionLost, None)
+        self.addCleanup(reactor._poller.close)
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        theirs.sendall(b"x")
+        selectable = InterruptedWhenLost(reactor, ours, "interrupted")
+        reactor.addReader(selectable)
+        self.addCleanup(reactor.removeReader, selectable)
+        self.assertRaises(KeyboardInterrupt, reactor.doPoll, 1)

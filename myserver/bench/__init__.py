@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 C{myserver-bench}: myserver against its peers, measured in the same run.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 C{myserver-bench [scenario ...] [options]}: start myserver and its peers,
 load each the same way, interleave repetitions, report medians and ratios.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 The load generator: several processes, each an asyncio loop (uvloop when
 installed) driving its share of the connections, so that the client side

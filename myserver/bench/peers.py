@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 The peers myserver is measured against, each a half-close-correct echo
 server: C{python -m myserver.bench.peers KIND PORTFILE} listens on an

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 What the bench is running and what is left: a rich progress bar on a
 terminal, one line per run otherwise (a CI log keeps every line; a bar

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_bench -*-
 """
 C{python -m myserver.bench.twistd_uvloop TWISTD-ARGS}: twistd on Twisted's
 asyncio reactor over a uvloop event loop.  (C{twistd --reactor asyncio}

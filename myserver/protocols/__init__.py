@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_protocols -*-
 """
 Built-in protocols, and the lazy plugin descriptor that publishes them.
 """

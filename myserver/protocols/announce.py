@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_protocols -*-
 """
 Services that answer with one message about the present moment and close:
 daytime (RFC 867) and time (RFC 868), over TCP and UDP.

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_protocols -*-
 """
 Character generator (RFC 864): an endless stream of 72-character lines.
 

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_protocols -*-
 """
 A tiny line-based chat room: what a stateful protocol looks like as a
 myserver plugin.  The state shared across connections (the members) lives

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_protocols -*-
 """
 Daytime (RFC 867): the current date and time as one line of ASCII, then
 close.  Over UDP, one such line answers each datagram.

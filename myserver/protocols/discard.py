@@ -1,9 +1,12 @@
+# -*- test-case-name: tests.test_protocols -*-
 """
 Discard (RFC 863): everything received is thrown away; nothing is sent.
 
 When the client shuts down its sending side, the server closes: there is
 nothing left to say.
 """
+
+from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_echo,tests.test_guard -*-
 """
 Echo (RFC 862): every byte received is sent back, in order; over UDP, each
 datagram is sent back to its source, unchanged (never larger).
@@ -7,6 +8,8 @@ client shuts down its sending side, whatever is still queued is delivered
 before the server closes.  A protocol without that interface would be torn
 down at once by a bare Twisted transport, losing the tail of the echo.
 """
+
+from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any

@@ -1,3 +1,4 @@
+# -*- test-case-name: tests.test_protocols -*-
 """
 Time (RFC 868): the current time as a 32-bit unsigned big-endian number of
 seconds since 1900-01-01 00:00 UTC, then close.  Over UDP, those 4 bytes

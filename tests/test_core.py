@@ -1,0 +1,212 @@
+"""
+The core's owners, in memory and on loopback: the accept gate decides when
+ports accept, and the accept loop survives whatever goes wrong while it
+builds a connection.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from myserver.accepting import AcceptGate, IAcceptingPort
+from myserver.policy import ACCEPT_ERROR, PROTOCOL_ERROR, Guard
+from myserver.protocols.echo import buildFactory
+from myserver.registry import ConnectionRegistry
+from myserver.service import ListenerService, ServerService
+from myserver.settings import Listener
+from myserver.transport import GuardedServer
+from tests.support import echoOnce
+
+# The clients run in threads: the server runs in this test's reactor, so a
+# blocking client here would stall it.
+PAYLOAD = bytes(range(256)) * 64
+
+
+@implementer(IAcceptingPort)
+class RecordingPort:
+    """
+    A port that remembers whether it was last told to accept.
+    """
+
+    accepting = True
+
+    def pauseAccepting(self) -> None:
+        self.accepting = False
+
+    def resumeAccepting(self) -> None:
+        self.accepting = True
+
+
+class Listening:
+    """
+    What the gate reads of a listener: its cap and its open connections.
+    """
+
+    def __init__(self, maxConnections: int = 0) -> None:
+        self.maxConnections = maxConnections
+        self.connections: set[object] = set()
+
+
+class AcceptGateTests(TestCase):
+    """
+    L{AcceptGate} alone, with recording ports: one object decides, from the
+    server's room and each listener's.
+    """
+
+    def setUp(self) -> None:
+        self.registry = ConnectionRegistry()
+        self.gate = AcceptGate(self.registry, 3)
+
+    def listener(self, maxConnections: int = 0) -> tuple[Listening, RecordingPort]:
+        listener, port = Listening(maxConnections), RecordingPort()
+        self.gate.portStarted(listener, port)  # type: ignore[arg-type]
+        return listener, port
+
+    def open(self, listener: Listening) -> object:
+        connection = object()
+        listener.connections.add(connection)
+        self.registry.connections.add(connection)
+        self.gate.opened(listener)  # type: ignore[arg-type]
+        return connection
+
+    def close(self, listener: Listening, connection: object) -> None:
+        listener.connections.discard(connection)
+        self.registry.connections.discard(connection)
+        self.gate.closed(listener)  # type: ignore[arg-type]
+
+    def test_serverLimitPausesEveryPort(self) -> None:
+        first, firstPort = self.listener()
+        second, secondPort = self.listener()
+        opened = [self.open(first), self.open(first)]
+        self.assertEqual((firstPort.accepting, secondPort.accepting), (True, True))
+        self.assertEqual(self.gate.room(second), 1)  # type: ignore[arg-type]
+        opened.append(self.open(second))
+        self.assertEqual((firstPort.accepting, secondPort.accepting), (False, False))
+        self.close(first, opened[0])
+        self.assertEqual((firstPort.accepting, secondPort.accepting), (True, True))
+
+    def test_listenerLimitPausesItsPortsOnly(self) -> None:
+        capped, cappedPort = self.listener(maxConnections=1)
+        other, otherPort = self.listener()
+        connection = self.open(capped)
+        self.assertEqual((cappedPort.accepting, otherPort.accepting), (False, True))
+        self.assertEqual(self.gate.room(capped), 0)  # type: ignore[arg-type]
+        self.assertEqual(self.gate.room(other), 2)  # type: ignore[arg-type]
+        self.close(capped, connection)
+        self.assertTrue(cappedPort.accepting)
+
+    def test_reconsiderAfterNewLimits(self) -> None:
+        """
+        A reload that lowers or raises the limits takes effect on every
+        port at once.
+        """
+        listener, port = self.listener()
+        self.open(listener)
+        self.open(listener)
+        self.gate.maxConnections = 2
+        self.gate.reconsider()
+        self.assertFalse(port.accepting)
+        self.gate.maxConnections = 10
+        self.gate.reconsider()
+        self.assertTrue(port.accepting)
+
+    def test_stoppedPortForgotten(self) -> None:
+        listener, port = self.listener()
+        self.gate.portStopped(listener, port)  # type: ignore[arg-type]
+        self.gate.maxConnections = 0
+        self.gate.reconsider()
+        self.assertTrue(port.accepting)
+
+
+class TransportFailsOnce(GuardedServer):
+    """
+    A transport whose first construction raises, as a bug in it would.
+    """
+
+    failed = False
+
+    def __init__(self, *args: Any) -> None:
+        if not TransportFailsOnce.failed:
+            TransportFailsOnce.failed = True
+            raise RuntimeError("transport construction went wrong")
+        super().__init__(*args)
+
+
+class FactoryFailsOnce(Factory):
+    protocol = Protocol
+    failed = False
+
+    def __init__(self) -> None:
+        self.echo = buildFactory({})
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("buildProtocol went wrong")
+        return self.echo.buildProtocol(addr)
+
+
+class AcceptLoopTests(TestCase):
+    """
+    The accept loop of a real guarded port on loopback: whatever raises
+    while one connection is built, that connection is closed, the error is
+    logged and counted, and the port serves the next client.
+    """
+
+    @inlineCallbacks
+    def serve(self, factory: Any) -> Any:
+        registry = ConnectionRegistry()
+        gate = AcceptGate(registry, 100)
+        self.guard = Guard(registry, gate, reactor, protocolName="test")
+        server = ServerService(registry, gate, 5.0, reactor, [self.guard])
+        self.listener = ListenerService(
+            Listener("tcp:0:interface=127.0.0.1", "test"), factory, self.guard, reactor
+        )
+        self.listener.setServiceParent(server)
+        server.startService()
+        self.addCleanup(server.stopService)
+        assert self.listener.port is not None
+        verifyObject(IAcceptingPort, self.listener.port)
+        yield None
+        return self.listener.port.getHost().port
+
+    def connect(self, port: int) -> socket.socket:
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.addCleanup(client.close)
+        return client
+
+    @inlineCallbacks
+    def test_factoryRaises(self) -> Any:
+        port = yield self.serve(FactoryFailsOnce())
+        first = self.connect(port)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(first.recv(10), b"")
+        echoed = yield deferToThread(echoOnce, port, PAYLOAD)
+        self.assertEqual(echoed, PAYLOAD)
+        self.assertEqual(self.guard.rejected.get(PROTOCOL_ERROR), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @inlineCallbacks
+    def test_transportConstructorRaises(self) -> Any:
+        TransportFailsOnce.failed = False
+        port = yield self.serve(buildFactory({}))
+        listening: Any = self.listener.port
+        listening.transport = TransportFailsOnce
+        first = self.connect(port)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(first.recv(10), b"")
+        self.assertTrue(listening.connected)
+        echoed = yield deferToThread(echoOnce, port, PAYLOAD)
+        self.assertEqual(echoed, PAYLOAD)
+        self.assertEqual(self.guard.rejected.get(ACCEPT_ERROR), 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

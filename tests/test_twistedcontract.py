@@ -1,0 +1,148 @@
+"""
+The contract with Twisted: every private Twisted name myserver relies on
+still exists, with the kind expected, and the upstream code myserver's
+reactor copied is still the code it was copied from.
+
+These are the names listed at the top of L{myserver.transport},
+L{myserver.ports}, L{myserver.proxy}, L{myserver.reactor} and
+L{myserver.listening}.  When a Twisted upgrade makes one of these tests
+fail, the message names what to re-check; nothing else in the suite would
+fail as clearly (a renamed internal can turn into silently different
+behaviour instead of an error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import socket
+import types
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import abstract, epollreactor, tcp, unix
+from twisted.protocols.haproxy import _exceptions, _v1parser, _v2parser, _wrapper
+from twisted.trial.unittest import TestCase
+
+# sha256 of inspect.getsource(EPollReactor.doPoll) in the Twisted versions
+# myserver's copy (DirectEPollReactor.doPoll) was checked against: 24.7.0
+# through 26.10.0 all have this one.
+DO_POLL_SHA256 = "09b62ae68ef01b4bc5eaa170827e2baf0a2a5098e7e7ce7b5e1c80cda187c827"
+
+
+class ContractTestCase(TestCase):
+    def assertKind(self, owner: Any, name: str, kind: Any, user: str) -> None:
+        found = inspect.getattr_static(owner, name, None)
+        self.assertIsInstance(
+            found,
+            kind,
+            f"{getattr(owner, '__qualname__', owner)}.{name} is no longer a "
+            f"{kind}: re-check {user}",
+        )
+
+
+class PrivateNamesTests(ContractTestCase):
+    """
+    Each private name exists and is of the kind myserver uses it as.
+    """
+
+    def test_writeQueue(self) -> None:
+        """
+        The write queue the guarded transport reads and appends to.
+        """
+        fd = abstract.FileDescriptor()
+        user = "myserver.transport (pendingBytes, write, writeSomeData)"
+        self.assertKind(abstract.FileDescriptor, "dataBuffer", bytes, user)
+        self.assertKind(abstract.FileDescriptor, "offset", int, user)
+        self.assertKind(abstract.FileDescriptor, "SEND_LIMIT", int, user)
+        self.assertKind(abstract.FileDescriptor, "_writeDisconnected", bool, user)
+        self.assertIsInstance(fd._tempDataBuffer, list, user)
+        self.assertIsInstance(fd._tempDataLen, int, user)
+        for documented in ("producer", "streamingProducer", "producerPaused"):
+            self.assertTrue(hasattr(fd, documented), f"{documented}: {user}")
+
+    def test_transportClasses(self) -> None:
+        """
+        The transports and ports subclassed, and the C{transport} attribute
+        through which a port builds its connections.
+        """
+        self.assertTrue(issubclass(unix.Server, tcp.Server))
+        self.assertTrue(issubclass(unix.Port, tcp.Port))
+        user = "myserver.ports (GuardedTCPPort, GuardedUNIXPort)"
+        self.assertKind(tcp.Port, "transport", type, user)
+        self.assertKind(unix.Port, "transport", type, user)
+        self.assertKind(tcp.Port, "_fromListeningDescriptor", classmethod, user)
+        self.assertKind(unix.Port, "_fromListeningDescriptor", classmethod, user)
+        self.assertEqual(tcp.Port.addressFamily, socket.AF_INET, user)
+
+    def test_descriptorReserve(self) -> None:
+        """
+        The one descriptor reserve: Twisted's ports reserve it as they start
+        listening, myserver's accept loop releases it on EMFILE.
+        """
+        reserve = tcp._reservedFD
+        for method in ("available", "reserve", "__enter__", "__exit__"):
+            self.assertTrue(
+                callable(getattr(reserve, method, None)),
+                f"tcp._reservedFD.{method}: re-check myserver.ports "
+                "(_outOfDescriptors)",
+            )
+        source = inspect.getsource(tcp.Port.startListening)
+        self.assertIn("_reservedFD.reserve()", source)
+
+    def test_proxyProtocol(self) -> None:
+        """
+        The PROXY protocol wrapper and parsers L{myserver.proxy} builds on.
+        """
+        user = "myserver.proxy"
+        self.assertKind(_wrapper, "HAProxyProtocolWrapper", type, user)
+        self.assertKind(_wrapper, "HAProxyWrappingFactory", type, user)
+        self.assertKind(_exceptions, "InvalidProxyHeader", type, user)
+        self.assertIsInstance(_v1parser.V1Parser.PROXYSTR, bytes, user)
+        self.assertIsInstance(_v2parser.V2Parser.PREFIX, bytes, user)
+        for parser in (_v1parser.V1Parser, _v2parser.V2Parser):
+            self.assertKind(parser, "feed", types.FunctionType, user)
+        wrapper = _wrapper.HAProxyProtocolWrapper(None, None)  # type: ignore[arg-type]
+        self.assertIsNone(wrapper._proxyInfo, user)
+        self.assertIsNone(wrapper._parser, user)
+
+    def test_endpointService(self) -> None:
+        """
+        The documented flag L{myserver.listening} sets so that a failure to
+        listen is raised while the service tree starts.
+        """
+        self.assertKind(
+            StreamServerEndpointService,
+            "_raiseSynchronously",
+            bool,
+            "myserver.listening (EndpointService)",
+        )
+
+
+class CopiedCodeTests(ContractTestCase):
+    """
+    Code copied from Twisted is still what it was copied from.
+    """
+
+    def test_doPoll(self) -> None:
+        """
+        L{myserver.reactor.DirectEPollReactor.doPoll} is Twisted's
+        C{EPollReactor.doPoll} with one change; if Twisted's changes, the copy
+        must be redone from the new one (and this hash updated).
+        """
+        source = inspect.getsource(epollreactor.EPollReactor.doPoll)
+        self.assertEqual(
+            hashlib.sha256(source.encode()).hexdigest(),
+            DO_POLL_SHA256,
+            "twisted.internet.epollreactor.EPollReactor.doPoll changed: "
+            "re-copy it into myserver.reactor.DirectEPollReactor.doPoll",
+        )
+        user = "myserver.reactor (DirectEPollReactor.doPoll)"
+        self.assertKind(
+            epollreactor.EPollReactor, "_doReadOrWrite", types.FunctionType, user
+        )
+        reactor = epollreactor.EPollReactor()
+        self.addCleanup(reactor.waker.connectionLost, None)
+        self.addCleanup(reactor._poller.close)
+        self.assertIsInstance(reactor._selectables, dict, user)
+        self.assertTrue(callable(reactor._poller.poll), user)
