@@ -185,7 +185,9 @@ def load(
             available = ", ".join(sorted(protocols)) or "none"
             raise ConfigError(
                 f"{sources['listen'] if listener.protocol else sources['protocol']}:"
-                f" unknown protocol {name!r} (available: {available})"
+                f" unknown protocol {name!r} (available: {available}; a plugin"
+                " installed with pip install -e is not found: Twisted looks only"
+                " in installed twisted/plugins packages)"
             )
         try:
             checkEndpoint(listener.endpoint)

@@ -118,9 +118,9 @@ class GuardedPort:
                 break
             accepted += 1
             try:
-                self._serve(skt, addr)
+                self.serve(skt, addr)
             except Exception:
-                # Not the protocol's fault (that is handled in _serve): the
+                # Not the protocol's fault (that is handled in serve): the
                 # transport could not be built.  This connection is lost;
                 # the port goes on listening.
                 skt.close()
@@ -134,7 +134,12 @@ class GuardedPort:
     def _address(self, addr: Any) -> Any:
         raise NotImplementedError()
 
-    def _serve(self, skt: socket.socket, addr: Any) -> None:
+    def serve(self, skt: socket.socket, addr: Any) -> None:
+        """
+        Serve one accepted socket: admission, the protocol, the guarded
+        transport.  The accept loop calls it for each client; the in-memory
+        test kit (L{myserver.testing}) calls it with a socket of its own.
+        """
         guard = self.guard
         address = self._address(addr)
         if guard.admission.active and not self.proxied:

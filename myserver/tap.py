@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, NoReturn
 
@@ -58,6 +59,11 @@ def _fail(message: str, status: int = 2) -> NoReturn:
     raise SystemExit(status)
 
 
+def _warn(message: str) -> None:
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"myserver: warning: {' '.join(message.split())}\n")
+
+
 class Options(usage.Options):
     """
     myserver's options.  Each setting is also read from C{MYSERVER_*}
@@ -80,6 +86,8 @@ class Options(usage.Options):
     ]
 
     config: Config
+    # Where MYSERVER_* settings are read from (the test kit gives its own).
+    environ: Mapping[str, str] = os.environ
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,19 +96,14 @@ class Options(usage.Options):
 
     def opt_listen(self, endpoint: str) -> None:
         """
-        Endpoint to listen on (repeatable), e.g. tcp:27015,
-        tcp6:27015:interface=\\:\\:1, unix:/run/myserver.sock;
-        PROTOCOL=ENDPOINT serves another protocol there, e.g.
-        chargen=tcp:27019.
-        """
+        Endpoint to listen on (repeatable), e.g. tcp:27015, tcp6:27015:interface=\\:\\:1, unix:/run/myserver.sock; PROTOCOL=ENDPOINT serves another protocol there, e.g. chargen=tcp:27019. Replaces every listener of the TOML file.
+        """  # noqa: E501 (one line: usage.Options keeps a docstring's breaks)
         self["listen"].append({"text": endpoint, "options": {}})
 
     def opt_option(self, assignment: str) -> None:
         """
-        KEY=VALUE option for the protocol of the --listen before it
-        (repeatable); VALUE is read as TOML (72, true, "text") or else
-        taken as text.
-        """
+        KEY=VALUE option for the protocol of the --listen before it (repeatable); VALUE is read as TOML (72, true, "text") or else taken as text.
+        """  # noqa: E501
         key, equals, text = assignment.partition("=")
         if not equals or not key.strip():
             raise usage.UsageError(f"--option {assignment!r}: expected KEY=VALUE")
@@ -110,9 +113,8 @@ class Options(usage.Options):
 
     def opt_allow(self, networks: str) -> None:
         """
-        Serve only clients in these CIDR networks (repeatable; comma
-        separated lists too), e.g. 127.0.0.0/8,::1.
-        """
+        Serve only clients in these CIDR networks (repeatable; comma-separated lists too), e.g. 127.0.0.0/8,::1.
+        """  # noqa: E501
         self["allow"].append(networks)
 
     def opt_deny(self, networks: str) -> None:
@@ -120,6 +122,22 @@ class Options(usage.Options):
         Refuse clients in these CIDR networks, even if allowed (repeatable).
         """
         self["deny"].append(networks)
+
+    def opt_version(self) -> NoReturn:
+        """
+        Print the versions of myserver, Twisted and Python, and exit.
+        """
+        import platform
+
+        import twisted
+
+        from myserver import __version__
+
+        print(
+            f"myserver {__version__} (Twisted {twisted.__version__}, "
+            f"Python {platform.python_version()})"
+        )
+        raise SystemExit(0)
 
     def parseOptions(self, options: Any = None) -> None:
         try:
@@ -138,6 +156,8 @@ class Options(usage.Options):
         if self["list-protocols"]:
             for name in sorted(discovery.protocols):
                 print(f"{name:<16} {discovery.protocols[name].description}")
+            for name, problem in sorted(discovery.problems.items()):
+                print(f"{name:<16} (broken, not served: {problem})")
             raise SystemExit(0)
         cli = {s.name: self[s.flag[2:]] for s in SETTINGS if s.name not in _LISTS}
         cli["config"] = self["config"]
@@ -148,7 +168,9 @@ class Options(usage.Options):
         self.knownProtocols = discovery.protocols.keys() | discovery.problems.keys()
         self.checkEndpoint = endpointChecker(reactor)
         try:
-            self.config = load(cli, os.environ, self.knownProtocols, self.checkEndpoint)
+            self.config = load(
+                cli, self.environ, self.knownProtocols, self.checkEndpoint
+            )
             for listener in self.config.listen:
                 if listener.protocol in discovery.problems:
                     raise ConfigError(discovery.problems[listener.protocol])
@@ -160,6 +182,8 @@ class Options(usage.Options):
             _fail(str(e))
         self.pluginProblems = sorted(discovery.problems.values())
         if self["check-config"]:
+            for problem in self.pluginProblems:
+                _warn(f"ignoring a protocol plugin: {problem}")
             sys.stdout.write(render(self.config))
             raise SystemExit(0)
 
@@ -233,6 +257,12 @@ def _buildFactory(plugin: Any, listener: Listener) -> Any:
         raise ConfigError(
             f"listener {listener.endpoint} ({listener.protocol}): {e}"
         ) from None
+    except Exception as e:
+        # A bug in the plugin, not a bad option: still one line, naming it.
+        raise ConfigError(
+            f"listener {listener.endpoint} ({listener.protocol}): the plugin's "
+            f"buildFactory raised {type(e).__name__}: {e}"
+        ) from None
 
 
 class _Root(MultiService):
@@ -293,14 +323,18 @@ def _serve(
     return ListenerService(listener, factory, guard, reactor), guard
 
 
-def makeService(options: Options) -> IService:
+def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the server described by C{options}: one guarded listener per
     configured endpoint (or, with C{workers > 1}, a supervisor whose
     workers serve the stream listeners), drained gracefully on SIGTERM and
     SIGINT, reloaded on SIGHUP, and the admin endpoint when configured.
+
+    @param reactor: what the tree runs on; the global reactor by default
+        (twistd passes none; tests may pass their own).
     """
-    from twisted.internet import reactor
+    if reactor is None:
+        from twisted.internet import reactor
 
     config = options.config
     registry = ConnectionRegistry(logConnections=config.log_level == "debug")
@@ -328,7 +362,7 @@ def makeService(options: Options) -> IService:
         config,
         server,
         targets,
-        lambda: os.environ,
+        lambda: options.environ,
         options.checkEndpoint,
         logObserver.setLevel if logObserver is not None else None,
         supervisor.reload if supervisor is not None else None,

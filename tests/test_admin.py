@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import unittest
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce, run
+from tests.support import ServerProcess, assertNoTraceback, echoOnce, requireTool, run
 
 ADMIN = "tcp:0:interface=127.0.0.1"
 
@@ -25,12 +23,9 @@ def curl(url: str) -> tuple[int, str]:
     """
     GET C{url} with the real curl: (status, body).
     """
-    if shutil.which("curl") is None:
-        if os.environ.get("CI") == "true":
-            raise AssertionError("curl is not installed")
-        raise unittest.SkipTest("curl is not installed")
+    curlPath = requireTool("curl")
     result = subprocess.run(
-        ["curl", "-s", "-w", "\n%{http_code}", url],
+        [curlPath, "-s", "-w", "\n%{http_code}", url],
         capture_output=True,
         text=True,
         timeout=30,

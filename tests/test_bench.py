@@ -16,6 +16,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from myserver.bench.load import WrongBytes, generate
+from tests.support import requireTool
 
 
 def wrongEchoServer() -> tuple[int, threading.Event]:
@@ -93,6 +94,7 @@ class BenchTests(TestCase):
         System calls per message under strace, for myserver and a peer on
         another reactor, and the plot of the ratio.
         """
+        requireTool("strace")
         plot = os.path.abspath(self.mktemp())
         report, _, _ = self.bench(
             "syscalls", "--servers", "myserver,myserver@epoll", "--plot", plot
@@ -146,6 +148,7 @@ class BenchTests(TestCase):
         Instructions per message under callgrind: the difference of two
         runs, so a positive count that start-up does not swamp.
         """
+        requireTool("valgrind")
         report, _, _ = self.bench("cost", "--servers", "myserver")
         cost = report["scenarios"]["cost"]["servers"]["myserver"]
         self.assertGreater(cost["instructions_per_message"], 1000)
@@ -155,8 +158,9 @@ class BenchTests(TestCase):
         On a terminal (script(1) gives it one), a rich progress bar shows
         the run in progress and how many are done.
         """
+        script = requireTool("script")
         result = subprocess.run(
-            ["script", "-qec", f"{BENCH} pingpong --quick --servers myserver",
+            [script, "-qec", f"{BENCH} pingpong --quick --servers myserver",
              "/dev/null"],
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip

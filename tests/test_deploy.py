@@ -7,16 +7,14 @@ docker/ci-image-test, which `make test` runs where podman is installed.)
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-import sys
-import unittest
 from pathlib import Path
 
 import yaml
 from twisted.trial.unittest import TestCase
+
+from tests.support import requireTool
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 
@@ -25,13 +23,7 @@ def tool(name: str) -> str:
     """
     A command from the [deploy] extra, installed beside this Python.
     """
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            raise AssertionError(f"{name} is not installed")
-        raise unittest.SkipTest(f"{name} is not installed")
-    return found
+    return requireTool(name)
 
 
 class DockerfileTests(TestCase):
@@ -103,6 +95,7 @@ class ComposeTests(TestCase):
         podman-compose resolves the file, with and without the haproxy
         profile (it refuses malformed files).
         """
+        requireTool("podman")
         for profile in ([], ["--profile", "haproxy"]):
             result = subprocess.run(
                 [tool("podman-compose"), "-f", str(DOCKER / "compose.yaml"), *profile,

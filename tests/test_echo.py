@@ -12,7 +12,6 @@ import atexit
 import os
 import random
 import resource
-import shutil
 import socket
 import struct
 import subprocess
@@ -22,7 +21,13 @@ from typing import Any, ClassVar
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, asyncEcho, echoOnce
+from tests.support import (
+    ServerProcess,
+    assertNoTraceback,
+    asyncEcho,
+    echoOnce,
+    requireTool,
+)
 
 MiB = 1024 * 1024
 
@@ -222,12 +227,7 @@ class EchoTests(SharedServerTestCase):
         (C{-N} half-closes after standard input ends; nc exits on the
         server's EOF).
         """
-        nc = shutil.which("nc")
-        if nc is None:
-            # .ci/run installs netcat-openbsd: in CI its absence is a failure.
-            if os.environ.get("CI") == "true":
-                self.fail("netcat (nc) is not installed")
-            raise unittest.SkipTest("netcat (nc) is not installed")
+        nc = requireTool("nc")
         result = subprocess.run(
             f"printf 'this is a test' | {nc} -N 127.0.0.1 {self.port}",
             shell=True,

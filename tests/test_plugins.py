@@ -269,6 +269,65 @@ class DiscoveryProblemTests(TestCase):
         self.assertIn("invalid_plugin.Invalid", server.output)
 
 
+KEYERROR = """
+    from twisted.plugin import IPlugin
+    from zope.interface import implementer
+
+    from myserver.interfaces import IProtocolPlugin
+
+
+    @implementer(IPlugin, IProtocolPlugin)
+    class Buggy:
+        name = "buggy"
+        description = "buildFactory has a bug"
+
+        def buildFactory(self, options):
+            return {}["missing"]
+
+
+    buggy = Buggy()
+"""
+
+
+class OperatorMessagesTests(TestCase):
+    """
+    What an operator sees of plugins that are broken, buggy or not installed
+    the way Twisted finds them.
+    """
+
+    def test_brokenListed(self) -> None:
+        env = {"PYTHONPATH": pluginDirectory(self, invalid_plugin=INVALID)}
+        result = run("--list-protocols", env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("invalid          (broken, not served:", result.stdout)
+
+    def test_checkConfigWarns(self) -> None:
+        env = {"PYTHONPATH": pluginDirectory(self, invalid_plugin=INVALID)}
+        result = run("--check-config", env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("myserver: warning: ignoring a protocol plugin", result.stderr)
+
+    def test_anyExceptionFromBuildFactoryIsOneLine(self) -> None:
+        env = {"PYTHONPATH": pluginDirectory(self, buggy_plugin=KEYERROR)}
+        result = run("--protocol", "buggy", env=env)
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertIn("buildFactory raised KeyError: 'missing'", result.stderr)
+
+    def test_unknownProtocolHintsAtEditableInstalls(self) -> None:
+        result = run("--protocol", "upper")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("pip install -e is not found", result.stderr)
+
+    def test_version(self) -> None:
+        import twisted
+
+        result = run("--version")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertRegex(result.stdout, r"^myserver \S+ \(Twisted ")
+        self.assertIn(twisted.__version__, result.stdout)
+
+
 class PerListenerTests(TestCase):
     """
     [[listen]] tables give each listener its own protocol, options and

@@ -12,11 +12,10 @@ import subprocess
 import tempfile
 import textwrap
 import time
-import unittest
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback
+from tests.support import ServerProcess, assertNoTraceback, requireTool
 
 
 def freePort() -> int:
@@ -50,14 +49,7 @@ def exchange(sock: socket.socket, payload: bytes) -> bytes:
 
 class BehindHAProxyTests(TestCase):
     def setUp(self) -> None:
-        haproxy = shutil.which("haproxy") or (
-            "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None
-        )
-        if haproxy is None:
-            if os.environ.get("CI") == "true":
-                raise AssertionError("haproxy is not installed")
-            raise unittest.SkipTest("haproxy is not installed")
-        self.haproxy = haproxy
+        self.haproxy = requireTool("haproxy", "/usr/sbin/haproxy")
 
     def serve(self, *args: str) -> tuple[ServerProcess, int, int]:
         """

@@ -7,7 +7,6 @@ and dropping privileges with twistd's --uid/--gid after binding a low port.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +18,13 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce, myserverCommand
+from tests.support import (
+    ServerProcess,
+    assertNoTraceback,
+    echoOnce,
+    myserverCommand,
+    requireTool,
+)
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
 
@@ -29,12 +34,7 @@ def need(tool: str) -> str:
     The path of C{tool}; in CI, where .ci/run installs it, its absence is a
     failure rather than a reason to skip.
     """
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI") == "true":
-            raise AssertionError(f"{tool} is not installed")
-        raise unittest.SkipTest(f"{tool} is not installed")
-    return path
+    return requireTool(tool)
 
 
 def freePort(low: int = 0) -> int:

@@ -13,11 +13,10 @@ import ssl
 import subprocess
 import tempfile
 import threading
-import unittest
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, run
+from tests.support import ServerProcess, assertNoTraceback, requireTool, run
 
 
 def makePair(directory: str, name: str) -> tuple[str, str]:
@@ -47,10 +46,7 @@ def der(path: str) -> bytes:
 
 class TLSTests(TestCase):
     def setUp(self) -> None:
-        if shutil.which("openssl") is None:
-            if os.environ.get("CI") == "true":
-                raise AssertionError("openssl is not installed")
-            raise unittest.SkipTest("openssl is not installed")
+        requireTool("openssl")
         self.directory = tempfile.mkdtemp(prefix="myserver-tls-")
         self.addCleanup(shutil.rmtree, self.directory, True)
         self.a = makePair(self.directory, "a")

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -278,6 +279,10 @@ def runCost(kind: str, options: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# Scenarios that run the server under a tool, and the tool.
+NEEDS_TOOL = {"cost": "valgrind", "syscalls": "strace"}
+
+
 def runSyscalls(kind: str, options: argparse.Namespace) -> dict[str, Any]:
     """
     System calls per echoed 1 KiB message, counted by C{strace -c} attached
@@ -395,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})"
         )
+    for scenario, tool in NEEDS_TOOL.items():
+        if scenario in options.scenarios and shutil.which(tool) is None:
+            parser.error(
+                f"the {scenario} scenario needs {tool}, which is not installed"
+            )
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     runs = [
         (scenario, server)
