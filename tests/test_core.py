@@ -13,6 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -24,6 +25,8 @@ from myserver.protocols.echo import buildFactory
 from myserver.registry import ConnectionRegistry
 from myserver.service import ListenerService, ServerService
 from myserver.settings import Listener
+from myserver.tap import Options, makeService
+from myserver.testing import MemoryServer
 from myserver.transport import GuardedServer
 from tests.support import echoOnce
 
@@ -210,3 +213,93 @@ class AcceptLoopTests(TestCase):
         self.assertEqual(echoed, PAYLOAD)
         self.assertEqual(self.guard.rejected.get(ACCEPT_ERROR), 1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class ServiceTreeTests(TestCase):
+    """
+    C{makeService} on a C{MemoryReactor}: the tree it builds, and a SIGHUP
+    reconfiguration applied to it, without a socket.
+    """
+
+    def build(self, *args: str, environ: dict[str, str] | None = None) -> Any:
+        options = Options()
+        options.environ = environ or {}
+        options.parseOptions(list(args))
+        self.options = options
+        reactor = MemoryReactorClock()
+        root = makeService(options, reactor)
+        [server] = [s for s in root if isinstance(s, ServerService)]
+        return root, server
+
+    def test_tree(self) -> None:
+        root, server = self.build(
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--listen",
+            "chargen=unix:/nonexistent/x.sock",
+            "--admin",
+            "tcp:0:interface=127.0.0.1",
+        )
+        listeners = [s for s in server if isinstance(s, ListenerService)]
+        self.assertEqual(
+            [(s.listener.protocol, s.listener.endpoint) for s in listeners],
+            [
+                ("echo", "tcp:0:interface=127.0.0.1"),
+                ("chargen", "unix:/nonexistent/x.sock"),
+            ],
+        )
+        self.assertEqual(
+            [type(s).__name__ for s in root], ["AdminService", "ServerService"]
+        )
+        self.assertEqual(len(server.guards), 2)
+        self.assertIs(server.guards[0].gate, server.gate)
+
+    def test_reloadAppliesLimits(self) -> None:
+        _, server = self.build("--idle-timeout", "30")
+        self.options.environ = {
+            "MYSERVER_MAX_CONNECTIONS": "5",
+            "MYSERVER_MAX_WRITE_BUFFER": "64KiB",
+        }
+        server.reload()
+        self.assertEqual(server.gate.maxConnections, 5)
+        self.assertEqual(server.guards[0].maxWriteBuffer, 64 * 1024)
+        self.assertEqual(server.guards[0].idleTimeout, 30.0)
+
+    def test_reloadRefusesBadConfiguration(self) -> None:
+        _, server = self.build()
+        self.options.environ = {"MYSERVER_MAX_CONNECTIONS": "many"}
+        server.reload()
+        self.assertEqual(server.gate.maxConnections, 10000)
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+
+class DrainTests(TestCase):
+    """
+    The drain on a fake clock: open connections get shutdown_timeout, then
+    are aborted.
+    """
+
+    def test_deadline(self) -> None:
+        memory = MemoryServer(buildFactory({}))
+        memory.server.shutdownTimeout = 5.0
+        connection = memory.connect()
+        stopped = memory.server.stopService()
+        self.assertNoResult(stopped)
+        memory.advance(4.9)
+        self.assertNoResult(stopped)
+        self.assertFalse(connection.closed)
+        memory.advance(0.1)
+        self.successResultOf(stopped)
+        self.assertTrue(connection.closed)
+        self.assertEqual(memory.registry.results, {"aborted": 1})
+
+    def test_finishesEarly(self) -> None:
+        memory = MemoryServer(buildFactory({}))
+        memory.server.shutdownTimeout = 5.0
+        connection = memory.connect()
+        stopped = memory.server.stopService()
+        connection.receive(b"last words")
+        connection.halfClose()
+        self.assertEqual(connection.read(), b"last words")
+        self.successResultOf(stopped)
+        self.assertEqual(memory.registry.results, {"closed": 1})
