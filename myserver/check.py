@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import random
-import resource
 import signal
 import socket
 import struct
@@ -32,9 +31,12 @@ from typing import Any
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from myserver.errors import ConfigError
 from myserver.interfaces import IProtocolPlugin
 from myserver.plugins import discover
-from myserver.testing.process import ServerProcess
+from myserver.service import raiseDescriptorLimit
+from myserver.settings import tomlValue
+from myserver.testing.process import ServerProcess, listenerArguments
 
 PROBE = b"hello, server\r\n"
 # Bytes read at most from one connection: enough to compare two exchanges
@@ -75,17 +77,12 @@ class Outcome:
 
 
 def _options(pairs: Sequence[str]) -> dict[str, Any]:
-    import tomllib
-
     options: dict[str, Any] = {}
     for pair in pairs:
         key, equals, text = pair.partition("=")
         if not equals or not key:
             raise SystemExit(f"myserver check: error: --option {pair!r}: expected K=V")
-        try:
-            options[key] = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            options[key] = text
+        options[key] = tomlValue(text)
     return options
 
 
@@ -192,9 +189,7 @@ class Checker:
         self.results: list[Result] = []
 
     def serverArgs(self, *settings: str) -> list[str]:
-        args = ["--listen", f"{self.protocol}=tcp:0:interface=127.0.0.1"]
-        for key, value in self.options.items():
-            args += ["--option", f"{key}={json.dumps(value)}"]
+        args = listenerArguments(self.protocol, self.options)
         return [*args, "--max-write-buffer", str(MAX_WRITE_BUFFER), *settings]
 
     def record(self, name: str, passed: bool, figure: str) -> None:
@@ -231,11 +226,10 @@ class Checker:
         self.record("no traceback", not starts, figure)
 
     def checkInterface(self) -> bool:
-        discovery = discover()
-        plugin = discovery.protocols.get(self.protocol)
-        if plugin is None:
-            problem = discovery.problems.get(self.protocol, "no such plugin installed")
-            self.record("interface", False, problem)
+        try:
+            plugin = discover().plugin(self.protocol)
+        except ConfigError as e:
+            self.record("interface", False, str(e))
             return False
         try:
             verifyObject(IProtocolPlugin, plugin)
@@ -383,7 +377,8 @@ class Checker:
         stream), hears from the server too; a client beside them is
         answered as one alone is.
         """
-        _raiseDescriptorLimit(CROWD * 2 + 64)
+        # A thousand client sockets in this process.
+        raiseDescriptorLimit()
         silent = await exchange(port, b"", False, cap=CROWD_CAP)
         alone = await exchange(port, PROBE, False, cap=CROWD_CAP)
         start = time.monotonic()
@@ -508,12 +503,6 @@ def _metric(admin: int, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[-1])
     return 0.0
-
-
-def _raiseDescriptorLimit(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(needed, soft)), hard))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -17,6 +17,7 @@ from twisted.plugin import getPlugins
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from myserver.errors import ConfigError
 from myserver.interfaces import IProtocolPlugin
 
 
@@ -32,6 +33,20 @@ class Discovery:
 
     protocols: dict[str, IProtocolPlugin]
     problems: dict[str, str]
+
+    def plugin(self, name: str) -> IProtocolPlugin:
+        """
+        The valid plugin called C{name}.
+
+        @raise ConfigError: saying why there is none: its problem, or the
+            names that are available.
+        """
+        if name in self.protocols:
+            return self.protocols[name]
+        if name in self.problems:
+            raise ConfigError(self.problems[name])
+        available = ", ".join(sorted(self.protocols)) or "none"
+        raise ConfigError(f"unknown protocol {name!r} (available: {available})")
 
 
 def _origin(plugin: object) -> str:

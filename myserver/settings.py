@@ -15,6 +15,7 @@ import ipaddress
 import math
 import os
 import re
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -202,6 +203,17 @@ def _choice(choices: Sequence[str]) -> Callable[[object], str]:
         raise ValueError(f"expected one of {', '.join(choices)}")
 
     return parseChoice
+
+
+def tomlValue(text: str) -> Any:
+    """
+    A command-line option value (C{--option KEY=VALUE}): a TOML value if it
+    parses as one (C{72}, C{true}, C{"text"}), else the text itself.
+    """
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
 
 
 def parseName(value: object) -> str:

@@ -41,7 +41,7 @@ from myserver.registry import ConnectionRegistry
 from myserver.reload import Reconfigure, admissionFor, listenerSetting
 from myserver.render import render
 from myserver.service import ListenerService, ServerService, StopOnSignals, log
-from myserver.settings import SETTINGS, Config, Listener
+from myserver.settings import SETTINGS, Config, Listener, tomlValue
 from myserver.workers import WorkerSupervisor
 
 # Repeatable options, spelled with opt_ methods.
@@ -109,7 +109,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"--option {assignment!r}: expected KEY=VALUE")
         if not self["listen"]:
             raise usage.UsageError(f"--option {assignment!r}: no --listen before it")
-        self["listen"][-1]["options"][key.strip()] = _tomlValue(text)
+        self["listen"][-1]["options"][key.strip()] = tomlValue(text)
 
     def opt_allow(self, networks: str) -> None:
         """
@@ -186,19 +186,6 @@ class Options(usage.Options):
                 _warn(f"ignoring a protocol plugin: {problem}")
             sys.stdout.write(render(self.config))
             raise SystemExit(0)
-
-
-def _tomlValue(text: str) -> Any:
-    """
-    A command-line option value: a TOML value if it parses as one, else
-    the text itself.
-    """
-    import tomllib
-
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def _listenerTable(given: dict[str, Any]) -> Any:

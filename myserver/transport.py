@@ -154,16 +154,17 @@ class GuardedServer(tcp.Server):
             data = data[sent:]
         self._tempDataBuffer.append(data)
         self._tempDataLen += len(data)
+        pending = self.pendingBytes()
         producer = self.producer
         if (
             producer is not None
             and self.streamingProducer
-            and self.pendingBytes() > min(self.bufferSize, self.maxWriteBuffer)
+            and pending > min(self.bufferSize, self.maxWriteBuffer)
         ):
             # Twisted's own mark, or the guard's when that is lower.
             self.producerPaused = True
             producer.pauseProducing()  # type: ignore[attr-defined]
-        if not self._readPausedByGuard and self.pendingBytes() > self.maxWriteBuffer:
+        if not self._readPausedByGuard and pending > self.maxWriteBuffer:
             self._readPausedByGuard = True
             self.stopReading()
         self.startWriting()

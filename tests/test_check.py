@@ -15,6 +15,8 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from myserver.testing.process import cleanEnvironment
+
 BROKEN_PLUGINS = Path(__file__).parent / "plugins"
 BUILTIN = ("echo", "discard", "chargen", "daytime", "time", "chat")
 
@@ -27,8 +29,7 @@ def check(protocol: str, *options: str) -> tuple[int, dict[str, Any]]:
     @return: its exit status and its report.
     """
     command = os.path.join(os.path.dirname(sys.executable), "myserver")
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MYSERVER_")}
-    environ["PYTHONPATH"] = str(BROKEN_PLUGINS)
+    environ = cleanEnvironment({"PYTHONPATH": str(BROKEN_PLUGINS)})
     with tempfile.TemporaryDirectory() as scratch:
         result = subprocess.run(
             [command, "check", protocol, "--json", *options],

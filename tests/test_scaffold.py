@@ -15,13 +15,13 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
+from myserver.testing.process import cleanEnvironment
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "example"
 
 
 def environment(target: str) -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("MYSERVER_")}
-    environ["PYTHONPATH"] = target
-    return environ
+    return cleanEnvironment({"PYTHONPATH": target})
 
 
 class PluginPackageTests(TestCase):

@@ -13,7 +13,6 @@ and fails if a connection or a timer of the server was left behind.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -22,14 +21,13 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall, deferLater
-from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from myserver.admin import metricsRegistry
 from myserver.service import ListenerService, ServerService
 from myserver.tap import Options, makeService
-
-LOOPBACK = "tcp:0:interface=127.0.0.1"
+from myserver.testing.process import listenerArguments
 
 
 class Client(Protocol):
@@ -134,9 +132,7 @@ class Client(Protocol):
 def _optionArgs(
     protocol: str, options: Mapping[str, Any], settings: Mapping[str, Any]
 ) -> list[str]:
-    args = ["--listen", f"{protocol}={LOOPBACK}"]
-    for key, value in options.items():
-        args += ["--option", f"{key}={json.dumps(value)}"]
+    args = listenerArguments(protocol, options)
     for name, value in settings.items():
         if isinstance(value, list | tuple):
             for item in value:
@@ -220,8 +216,6 @@ class RunningServer:
         """
         The log events emitted so far, formatted.
         """
-        from twisted.logger import formatEvent
-
         return [formatEvent(event) for event in self.events]
 
     @inlineCallbacks

@@ -250,21 +250,21 @@ class MemoryConnection:
         as far as it is reading.
         """
         self.socket.incoming += data
-        self._pump()
+        self.server.pump()
 
     def halfClose(self) -> None:
         """
         The client shuts down its sending side (C{shutdown(SHUT_WR)}).
         """
         self.socket.eof = True
-        self._pump()
+        self.server.pump()
 
     def reset(self) -> None:
         """
         The client resets the connection.
         """
         self.socket.resetByPeer = True
-        self._pump()
+        self.server.pump()
 
     def read(self) -> bytes:
         """
@@ -277,7 +277,7 @@ class MemoryConnection:
         while self.socket.outgoing:
             received += self.socket.outgoing
             self.socket.outgoing.clear()
-            self._pump()
+            self.server.pump()
         return bytes(received)
 
     def advance(self, seconds: float) -> None:
@@ -285,9 +285,6 @@ class MemoryConnection:
         Move the clock (for every connection of the server).
         """
         self.server.advance(seconds)
-
-    def _pump(self) -> None:
-        self.server.pump()
 
     def _step(self) -> bool:
         """
@@ -362,13 +359,7 @@ def pluginFactory(
 
     @raise ConfigError: when no valid plugin has that name.
     """
-    discovery = discover()
-    if name in discovery.problems:
-        raise ConfigError(discovery.problems[name])
-    if name not in discovery.protocols:
-        available = ", ".join(sorted(discovery.protocols)) or "none"
-        raise ConfigError(f"unknown protocol {name!r} (available: {available})")
-    factory: IProtocolFactory = discovery.protocols[name].buildFactory(
-        dict(options or {})
+    factory: IProtocolFactory = (
+        discover().plugin(name).buildFactory(dict(options or {}))
     )
     return factory

@@ -11,6 +11,7 @@ the whole group and every descendant, never only the parent.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from signal import SIGINT, SIGKILL, SIGTERM
 from typing import Any
 
@@ -83,6 +84,17 @@ def endProcesses(pids: Sequence[int]) -> None:
             pass
 
 
+def listenerArguments(protocol: str, options: Mapping[str, Any]) -> list[str]:
+    """
+    The command-line options that serve C{protocol} on loopback (C{tcp:0}),
+    with a listener's protocol C{options} (each read back as TOML).
+    """
+    args = ["--listen", f"{protocol}={LOOPBACK}"]
+    for key, value in options.items():
+        args += ["--option", f"{key}={json.dumps(value)}"]
+    return args
+
+
 def twistdCommand() -> list[str]:
     """
     The twistd of the Python running the tests (the one myserver is
@@ -112,14 +124,18 @@ def run(
         return subprocess.run(
             myserverCommand(*args),
             cwd=scratch,
-            env=_environ(env),
+            env=cleanEnvironment(env),
             capture_output=True,
             text=True,
             timeout=timeout,
         )
 
 
-def _environ(extra: dict[str, str] | None) -> dict[str, str]:
+def cleanEnvironment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """
+    This process's environment without its C{MYSERVER_*} settings (so that
+    they do not leak into a server under test), plus C{extra}.
+    """
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MYSERVER_")}
     environ.update(extra or {})
     return environ
@@ -182,7 +198,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             command,
             cwd=self._scratch.name,
-            env=_environ(self.env) | {PROCESS_MARK: self.mark},
+            env=cleanEnvironment(self.env) | {PROCESS_MARK: self.mark},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
