@@ -14,12 +14,6 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # suite on it in a virtual environment of its own.
 TWISTED_FLOOR := $(shell sed -n 's/.*"twisted\[tls\]>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 FLOOR_VENV ?= .venv-floor
-# The tests that start no process (in memory, or the server in the test's
-# own reactor): seconds, for the edit-test loop.
-FAST_TESTS := tests.test_core tests.test_testing.MemoryKitTests \
-	tests.test_testing.InProcessTests tests.test_config tests.test_configfuzz \
-	tests.test_guard tests.test_layers tests.test_twistedcontract \
-	tests.test_reactor.DispatchTests tests.test_reactor.InterruptTests
 CORE_TESTS := tests.test_echo tests.test_backpressure tests.test_limits \
 	tests.test_shutdown tests.test_proxy tests.test_tls tests.test_guard \
 	tests.test_core tests.test_twistedcontract
@@ -52,8 +46,11 @@ pytest: install
 image:
 	docker/ci-image-test
 
+# Every test that starts no process (in memory, or the server in the
+# test's own reactor): seconds, for the edit-test loop.  Test classes that
+# need a process are marked @processTest and skip here.
 test-fast: install
-	$(BIN)/python -m twisted.trial $(FAST_TESTS)
+	TEST_FAST=1 $(BIN)/python -m twisted.trial tests
 
 # The core suite again, on the oldest Twisted the package accepts.
 test-floor:

@@ -18,7 +18,7 @@ import sys
 import time
 import unittest
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 # The subprocess runner is the public test kit's: the project's tests use it
 # as a plugin author's would.
@@ -75,6 +75,22 @@ __all__ = [
     "run",
     "twistdCommand",
 ]
+
+
+FAST_ONLY = os.environ.get("TEST_FAST") == "1"
+
+_T = TypeVar("_T")
+
+
+def processTest(testClass: type[_T]) -> type[_T]:
+    """
+    Mark C{testClass} as needing a process of its own (a server process, a
+    signal, an rlimit, workers, a real peer): C{make test-fast}, which sets
+    C{TEST_FAST=1}, leaves it out; every other run includes it.
+    """
+    if FAST_ONLY:
+        testClass.skip = "a process test: make test-fast leaves it out"  # type: ignore[attr-defined]
+    return testClass
 
 
 def assertNoTraceback(testCase: Any, output: str) -> None:

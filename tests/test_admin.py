@@ -14,7 +14,14 @@ import subprocess
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce, requireTool, run
+from tests.support import (
+    ServerProcess,
+    assertNoTraceback,
+    echoOnce,
+    processTest,
+    requireTool,
+    run,
+)
 
 ADMIN = "tcp:0:interface=127.0.0.1"
 
@@ -53,6 +60,7 @@ def adminPort(server: ServerProcess) -> int:
     return int(match.group(1))
 
 
+@processTest
 class MetricsTests(TestCase):
     def test_countersFollowTraffic(self) -> None:
         with ServerProcess("--admin", ADMIN, "--deny", "127.0.0.3") as server:
@@ -93,6 +101,7 @@ class MetricsTests(TestCase):
         assertNoTraceback(self, server.output)
 
 
+@processTest
 class ProbeTests(TestCase):
     def test_readyUntilDraining(self) -> None:
         """

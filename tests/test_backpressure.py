@@ -14,7 +14,7 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce
+from tests.support import ServerProcess, assertNoTraceback, echoOnce, processTest
 
 MiB = 1024 * 1024
 TIMEOUT = 60
@@ -115,6 +115,7 @@ class StalledSender:
         self.sock.close()
 
 
+@processTest
 class BackpressureTests(TestCase):
     """
     A peer that does not read costs the server at most about

@@ -16,7 +16,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from myserver.bench.load import WrongBytes, generate
-from tests.support import requireTool
+from tests.support import processTest, requireTool
 
 
 def wrongEchoServer() -> tuple[int, threading.Event]:
@@ -52,6 +52,7 @@ BENCH = os.path.join(os.path.dirname(sys.executable), "myserver-bench")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@processTest
 class BenchTests(TestCase):
     def bench(self, *args: str) -> tuple[dict[str, Any], str, str]:
         """

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from myserver.testing.process import cleanEnvironment
+from tests.support import processTest
 
 BROKEN_PLUGINS = Path(__file__).parent / "plugins"
 BUILTIN = ("echo", "discard", "chargen", "daytime", "time", "chat")
@@ -50,6 +51,7 @@ def failed(report: dict[str, Any]) -> list[str]:
     return [c["name"] for c in report["checks"] if not c["passed"]]
 
 
+@processTest
 class BuiltinProtocolsPassTests(TestCase):
     def test_everyBuiltinPasses(self) -> None:
         for protocol in BUILTIN:
@@ -68,6 +70,7 @@ class BuiltinProtocolsPassTests(TestCase):
         self.assertEqual(failed(report), ["interface"])
 
 
+@processTest
 class BrokenPluginsFailTests(TestCase):
     def test_dropsOutputOnHalfClose(self) -> None:
         status, report = check("dropper")

@@ -14,7 +14,7 @@ import tempfile
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, echoOnce, run, twistdCommand
+from tests.support import ServerProcess, echoOnce, processTest, run, twistdCommand
 
 
 def scratchRun(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
@@ -30,6 +30,7 @@ def scratchRun(command: list[str], **env: str) -> subprocess.CompletedProcess[st
         )
 
 
+@processTest
 class PackagingTests(TestCase):
     """
     An installed myserver is a twistd plugin, a console script and a module.
@@ -103,6 +104,7 @@ class PackagingTests(TestCase):
             self.assertIn(flag, result.stdout)
 
 
+@processTest
 class TwistTests(TestCase):
     """
     Twisted's newer C{twist} runner serves myserver too: its reactor, its
@@ -122,6 +124,7 @@ class TwistTests(TestCase):
         self.assertNotIn("Traceback", server.output)
 
 
+@processTest
 class BadConfigurationTests(TestCase):
     """
     Bad configuration of any kind: one line on standard error, status 2, no

@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from myserver.datagram import RATE_LIMITED, TOO_MANY_SOURCES, SourceRateLimit
-from tests.support import ServerProcess, assertNoTraceback, run
+from tests.support import ServerProcess, assertNoTraceback, processTest, run
 
 UDP_LOOPBACK = "udp:0:interface=127.0.0.1"
 
@@ -67,6 +67,7 @@ def exchange(port: int, payloads: list[bytes], wait: float = 1.0) -> list[bytes 
     return answers
 
 
+@processTest
 class DatagramServiceTests(TestCase):
     """
     udp: listeners on a real server.
@@ -113,6 +114,7 @@ class DatagramServiceTests(TestCase):
         self.assertIn("udp:notaport", result.stderr)
 
 
+@processTest
 class ClassicDatagramTests(TestCase):
     """
     daytime and time over UDP (RFC 867 and 868 define UDP forms).

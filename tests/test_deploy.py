@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 from twisted.trial.unittest import TestCase
 
-from tests.support import requireTool
+from tests.support import processTest, requireTool
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 
@@ -26,6 +26,7 @@ def tool(name: str) -> str:
     return requireTool(name)
 
 
+@processTest
 class DockerfileTests(TestCase):
     def test_hadolint(self) -> None:
         result = subprocess.run(
@@ -47,6 +48,7 @@ class DockerfileTests(TestCase):
         self.assertEqual(len(re.findall(r"(?m)^FROM ", text)), 2)
 
 
+@processTest
 class KubernetesTests(TestCase):
     def test_manifestsValidate(self) -> None:
         manifests = sorted(
@@ -89,6 +91,7 @@ class KubernetesTests(TestCase):
         self.assertEqual(deployment["spec"]["replicas"], 3)
 
 
+@processTest
 class ComposeTests(TestCase):
     def test_composeConfig(self) -> None:
         """

@@ -13,19 +13,20 @@ import os
 import random
 import resource
 import socket
-import struct
 import subprocess
-import time
 import unittest
 from typing import Any, ClassVar
 
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
+from myserver.testing import serve
 from tests.support import (
     ServerProcess,
     assertNoTraceback,
     asyncEcho,
     echoOnce,
+    processTest,
     requireTool,
 )
 
@@ -88,32 +89,6 @@ def assertCleanExit(testCase: Any, server: ServerProcess) -> None:
     assertNoTraceback(testCase, server.output)
 
 
-def waitUntil(condition: Any, what: str, timeout: float = 10) -> None:
-    """
-    Poll C{condition()} until it is true; raise after C{timeout} seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
-def openSockets(pid: int) -> int:
-    """
-    How many sockets process C{pid} has open (its listeners and its
-    connections; not the pipes the reactor creates as it starts).
-    """
-    directory = f"/proc/{pid}/fd"
-    count = 0
-    for name in os.listdir(directory):
-        try:
-            count += os.readlink(os.path.join(directory, name)).startswith("socket:")
-        except FileNotFoundError:
-            pass
-    return count
-
-
 def raiseDescriptorLimit(testCase: TestCase, needed: int) -> None:
     """
     Raise this process's soft RLIMIT_NOFILE to its hard limit when it is
@@ -129,19 +104,7 @@ def raiseDescriptorLimit(testCase: TestCase, needed: int) -> None:
         raise unittest.SkipTest(f"RLIMIT_NOFILE hard limit {hard} < {needed}")
 
 
-def resettingClient(port: int, size: int = MiB) -> None:
-    """
-    Connect with SO_LINGER on and a linger time of 0, send C{size} bytes
-    without reading any echo, then close: the kernel resets the connection
-    (RST) instead of closing it, while the server may still be writing.
-    The server reads all of it (its write buffer limit is not exceeded by
-    1 MiB), so C{sendall} finishes.
-    """
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.sendall(os.urandom(size))
-
-
+@processTest
 class SharedServerTestCase(TestCase):
     """
     A test case whose tests share one echo server per class.
@@ -193,6 +156,7 @@ class SharedServerTestCase(TestCase):
             cls.stopSharedServer(self)
 
 
+@processTest
 class ZeroConfigTests(TestCase):
     """
     With no options at all, myserver serves echo on port 27015 on every IPv4
@@ -342,72 +306,70 @@ class EchoTests(SharedServerTestCase):
 class MisbehavingClientTests(TestCase):
     """
     Clients that reset, hang up at once or send nothing leave the server
-    serving and its log free of tracebacks.  Each test runs its own server
-    so it can stop it and read the whole log.
+    serving and its log free of failures: the real service tree on this
+    test's reactor, whose stop fails if any connection or timer is left.
     """
 
     def setUp(self) -> None:
-        self.server = ServerProcess().start()
-        self.addCleanup(self.server.kill)
-        self.port = self.server.port
-        self.baseline = openSockets(self.server.pid)
+        self.server = serve(self, "echo")
 
-    def assertConnectionsClosed(self) -> None:
+    @inlineCallbacks
+    def assertQuietAndServing(self) -> Any:
         """
-        The server's open sockets return to what they were before any client
-        connected (its listener): every connection was closed, none leaked.
+        Every connection closes, none is left in the registry, nothing was
+        logged as a failure, and the next client gets an exact echo.
         """
-        waitUntil(
-            lambda: openSockets(self.server.pid) <= self.baseline,
-            f"the server's open sockets to return to {self.baseline}",
+        registry = self.server.server.registry
+        yield self.server.waitFor(
+            lambda: not registry.connections, what="every connection to close"
         )
-        self.assertEqual(openSockets(self.server.pid), self.baseline)
-
-    def assertStillServing(self) -> None:
+        failures = [e for e in self.server.events if "log_failure" in e]
+        self.assertEqual(failures, [])
         payload = os.urandom(300_000)
-        assertSameBytes(self, payload, echoOnce(self.port, payload))
+        client = yield self.server.connect()
+        client.send(payload)
+        client.halfClose()
+        echoed = yield client.readUntilEOF()
+        assertSameBytes(self, payload, echoed)
 
-    def test_resetMidTransfer(self) -> None:
+    @inlineCallbacks
+    def test_resetMidTransfer(self) -> Any:
         """
-        Clients that send 1 MiB without reading and then reset (SO_LINGER
-        with linger 0, then close) while the server may still have echo queued
-        for them are cleaned up quietly: their connections close, another
-        client still gets an exact echo, and after SIGTERM the server exits
-        with status 0 having logged no traceback or unhandled error.
+        Clients that send 1 MiB without reading and then reset (close with
+        unread input: the kernel sends RST) while the server may still have
+        echo queued for them are cleaned up quietly.
         """
         for _ in range(5):
-            resettingClient(self.port)
-        self.assertConnectionsClosed()
-        self.assertStillServing()
-        assertCleanExit(self, self.server)
+            client = yield self.server.connect()
+            client.send(os.urandom(MiB))
+            yield self.server.waitFor(
+                lambda c=client: len(c.received) > 0, what="the echo to start"
+            )
+            client.transport.abortConnection()
+        yield self.assertQuietAndServing()
 
-    def test_connectAndCloseImmediately(self) -> None:
+    @inlineCallbacks
+    def test_connectAndCloseImmediately(self) -> Any:
         """
-        Clients that connect and close at once (some with a reset) cost the
-        server nothing: their connections close, the next client gets an
-        exact echo, and the log has no traceback.
+        Clients that connect and close at once (every other one with a
+        reset) cost the server nothing.
         """
         for index in range(20):
-            sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            client = yield self.server.connect()
             if index % 2:
-                sock.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                )
-            sock.close()
-        self.assertConnectionsClosed()
-        self.assertStillServing()
-        assertCleanExit(self, self.server)
+                client.transport.abortConnection()
+            else:
+                client.close()
+        yield self.assertQuietAndServing()
 
-    def test_halfCloseWithoutSending(self) -> None:
+    @inlineCallbacks
+    def test_halfCloseWithoutSending(self) -> Any:
         """
         A client that sends nothing and half-closes gets EOF with zero bytes
-        (the server closes its side in turn rather than waiting), and the
-        server keeps serving.
+        (the server closes its side in turn rather than waiting).
         """
-        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
-            sock.shutdown(socket.SHUT_WR)
-            self.assertEqual(sock.recv(65536), b"")
-        self.assertEqual(echoOnce(self.port, b""), b"")
-        self.assertConnectionsClosed()
-        self.assertStillServing()
-        assertCleanExit(self, self.server)
+        client = yield self.server.connect()
+        client.halfClose()
+        received = yield client.readUntilEOF()
+        self.assertEqual(received, b"")
+        yield self.assertQuietAndServing()

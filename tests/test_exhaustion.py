@@ -18,6 +18,7 @@ from tests.support import (
     ServerProcess,
     assertNoTraceback,
     echoOnce,
+    processTest,
     raiseOwnDescriptorLimit,
     waitUntil,
 )
@@ -84,6 +85,7 @@ def pingPong(sock: socket.socket, payload: bytes) -> bytes:
     return bytes(received)
 
 
+@processTest
 class DescriptorExhaustionTests(TestCase):
     """
     A server at its real descriptor limit.

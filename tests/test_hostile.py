@@ -25,6 +25,7 @@ from tests.support import (
     echoOnce,
     isOpen,
     manyEchoes,
+    processTest,
     raiseOwnDescriptorLimit,
     randomSize,
     readToEnd,
@@ -160,6 +161,7 @@ def shortEcho(port: int, payload: bytes) -> None:
         raise AssertionError(f"sent {payload!r}, received {received!r}")
 
 
+@processTest
 class HostileClientTests(TestCase):
     """
     One server, many kinds of misbehaving client, nothing left behind.

@@ -19,6 +19,7 @@ from tests.support import (
     ServerProcess,
     assertNoTraceback,
     echoOnce,
+    processTest,
     raiseOwnDescriptorLimit,
     settledDescriptors,
     waitUntil,
@@ -85,6 +86,7 @@ def stillConnected(sock: socket.socket) -> bool:
     return False
 
 
+@processTest
 class IdleScaleTests(TestCase):
     """
     One server holding 10,000 idle connections from this process.

@@ -1,19 +1,22 @@
 """
-Connection limits, admission and idle timeouts, against a real server
-process and real source addresses on loopback.
+Connection limits, admission and idle timeouts: the real service tree on
+the test's reactor with real source addresses on loopback, the idle sweep
+on a fake clock, and one IPv6 case against a server process.
 """
 
 from __future__ import annotations
 
-import selectors
 import socket
-import threading
-import time
+from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from myserver.admission import Admission
-from tests.support import ServerProcess, assertNoTraceback, echoOnce
+from myserver.testing import MemoryServer, pluginFactory, serve
+from tests.support import ServerProcess, processTest
 
 
 def connectFrom(
@@ -51,37 +54,6 @@ def echoedOn(sock: socket.socket, payload: bytes, wait: float) -> bool:
     return True
 
 
-def echoedWithin(clients: list[socket.socket], wait: float) -> list[int]:
-    """
-    Indexes of the clients that got their C{b"INDEX."} tag back within
-    C{wait} seconds in all.
-    """
-    received = {i: b"" for i in range(len(clients))}
-    deadline = time.monotonic() + wait
-    with selectors.DefaultSelector() as selector:
-        for i, sock in enumerate(clients):
-            selector.register(sock, selectors.EVENT_READ, i)
-        while (remaining := deadline - time.monotonic()) > 0:
-            for key, _ in selector.select(remaining):
-                i = key.data
-                data = clients[i].recv(100)
-                received[i] += data
-                if not data or received[i] == b"%d." % i:
-                    selector.unregister(clients[i])
-    return [i for i, data in received.items() if data == b"%d." % i]
-
-
-def receiveExactly(sock: socket.socket, size: int, wait: float = 10) -> bytes:
-    sock.settimeout(wait)
-    received = b""
-    while len(received) < size:
-        data = sock.recv(size - len(received))
-        if not data:
-            break
-        received += data
-    return received
-
-
 def closedByServer(sock: socket.socket, wait: float = 10) -> bool:
     """
     Whether the server closes C{sock} (EOF or reset) within C{wait} seconds,
@@ -97,6 +69,16 @@ def closedByServer(sock: socket.socket, wait: float = 10) -> bool:
     if data:
         raise AssertionError(f"refused connection received {data!r}")
     return True
+
+
+@inlineCallbacks
+def refusedAtOnce(client: Any) -> Any:
+    """
+    Fail unless the server closes C{client}'s connection without a byte.
+    """
+    left = yield client.readUntilEOF()
+    if left:
+        raise AssertionError(f"refused connection received {left!r}")
 
 
 class AdmissionUnitTests(TestCase):
@@ -156,35 +138,36 @@ class MaxConnectionsTests(TestCase):
     kernel's backlog and are served as room frees up.
     """
 
-    def test_limitHoldsAndNobodyIsLost(self) -> None:
+    @inlineCallbacks
+    def test_limitHoldsAndNobodyIsLost(self) -> Any:
         """
         Limit 50, 80 clients: exactly 50 are served at once (Twisted accepts
         in batches, so merely pausing the port would overshoot), and the
         other 30 are served, exactly, as 30 of the first leave.
         """
-        server = ServerProcess("--max-connections", "50").start()
-        self.addCleanup(server.kill)
-        clients = [
-            socket.create_connection(("127.0.0.1", server.port), timeout=10)
-            for _ in range(80)
-        ]
-        self.addCleanup(lambda: [c.close() for c in clients])
-        for i, sock in enumerate(clients):
-            sock.sendall(b"%d." % i)
-        served = echoedWithin(clients, 2.0)
-        self.assertEqual(len(served), 50)
-        waiting = [c for i, c in enumerate(clients) if i not in served]
-        for i in served[:30]:
+        server = serve(self, "echo", max_connections=50)
+        clients = yield gatherResults([server.connect() for _ in range(80)])
+        tags = [b"%d." % i for i in range(80)]
+        for client, tag in zip(clients, tags, strict=True):
+            client.send(tag)
+
+        def served() -> list[int]:
+            return [i for i, c in enumerate(clients) if bytes(c.received) == tags[i]]
+
+        yield server.waitFor(lambda: len(served()) >= 50, what="50 echoes")
+        # A window in which a 51st would have been served: the gate is shut.
+        yield deferLater(reactor, 0.3, lambda: None)
+        first = served()
+        self.assertEqual(len(first), 50)
+        self.assertEqual(len(server.server.registry.connections), 50)
+        for i in first[:30]:
             clients[i].close()
-        for i, sock in enumerate(waiting):
+        waiting = [i for i in range(80) if i not in first]
+        for i in waiting:
             # Each waiting client's bytes sat in the kernel; they come back.
-            expected = b"%d." % clients.index(sock)
-            self.assertEqual(receiveExactly(sock, len(expected)), expected)
-            self.assertTrue(echoedOn(sock, b"again %d" % i, 10))
-        for sock in clients:
-            sock.close()
-        self.assertEqual(server.stop(), 0)
-        assertNoTraceback(self, server.output)
+            yield clients[i].expect(tags[i])
+            clients[i].send(b"again %d" % i)
+            yield clients[i].expect(b"again %d" % i)
 
 
 class PerAddressTests(TestCase):
@@ -192,35 +175,52 @@ class PerAddressTests(TestCase):
     max_connections_per_ip, with real source addresses.
     """
 
-    def test_oneAddressLimitedOtherNot(self) -> None:
+    @inlineCallbacks
+    def test_oneAddressLimitedOtherNot(self) -> Any:
         """
         127.0.0.2 gets its 3 connections and its 4th is closed at once,
         unread; 127.0.0.3 is unaffected; a slot freed is usable again.
         """
-        server = ServerProcess("--max-connections-per-ip", "3").start()
-        self.addCleanup(server.kill)
-        first = [connectFrom("127.0.0.2", server.port) for _ in range(3)]
-        for sock in first:
-            self.assertTrue(echoedOn(sock, b"ok", 10))
-        extra = connectFrom("127.0.0.2", server.port)
-        try:
-            extra.sendall(b"should not be read")
-        except OSError:
-            pass
-        self.assertTrue(closedByServer(extra))
-        others = [connectFrom("127.0.0.3", server.port) for _ in range(3)]
-        for sock in others:
-            self.assertTrue(echoedOn(sock, b"fine", 10))
+        server = serve(self, "echo", max_connections_per_ip=3)
+        first = yield gatherResults(
+            [server.connect(source="127.0.0.2") for _ in range(3)]
+        )
+        for client in first:
+            client.send(b"ok")
+            yield client.expect(b"ok")
+        extra = yield server.connect(source="127.0.0.2")
+        extra.send(b"should not be read")
+        yield refusedAtOnce(extra)
+        others = yield gatherResults(
+            [server.connect(source="127.0.0.3") for _ in range(3)]
+        )
+        for client in others:
+            client.send(b"fine")
+            yield client.expect(b"fine")
         first[0].close()
-        # The close reaches the server asynchronously: wait for it.
-        self.assertEqual(server.waitForSockets(1 + 5), 1 + 5)
-        again = connectFrom("127.0.0.2", server.port)
-        self.assertTrue(echoedOn(again, b"in", 10))
-        for sock in [*first, extra, *others, again]:
-            sock.close()
-        self.assertEqual(server.stop(), 0)
-        self.assertIn("refused a connection from 127.0.0.2", server.output)
-        assertNoTraceback(self, server.output)
+        # The close reaches the server's count asynchronously: wait for it.
+        registry = server.server.registry
+        yield server.waitFor(lambda: len(registry.connections) == 5, what="5 open")
+        again = yield server.connect(source="127.0.0.2")
+        again.send(b"in")
+        yield again.expect(b"in")
+        self.assertEqual(
+            server.metrics()[
+                'myserver_connections_rejected_total{reason="max_connections_per_ip"}'
+            ],
+            1,
+        )
+        self.assertTrue(
+            any("refused a connection from 127.0.0.2" in m for m in server.messages())
+        )
+
+
+@processTest
+class PerAddressIPv6Tests(TestCase):
+    """
+    The per-address limit on a tcp6 listener, in a server process (the
+    in-process kit listens on IPv4 loopback).
+    """
 
     def test_ipv6(self) -> None:
         """
@@ -252,92 +252,91 @@ class AllowDenyTests(TestCase):
     rate-limited.
     """
 
-    def test_denyWinsOverAllow(self) -> None:
-        server = ServerProcess(
-            "--allow", "127.0.0.0/8", "--deny", "127.0.0.3", "--deny", "10.0.0.0/8"
-        ).start()
-        self.addCleanup(server.kill)
-        allowed = connectFrom("127.0.0.2", server.port)
-        self.assertTrue(echoedOn(allowed, b"hello", 10))
-        allowed.close()
+    @inlineCallbacks
+    def test_denyWinsOverAllow(self) -> Any:
+        server = serve(
+            self,
+            "echo",
+            allow=["127.0.0.0/8"],
+            deny=["127.0.0.3", "10.0.0.0/8"],
+        )
+        allowed = yield server.connect(source="127.0.0.2")
+        allowed.send(b"hello")
+        yield allowed.expect(b"hello")
         for _ in range(20):
-            denied = connectFrom("127.0.0.3", server.port)
-            self.assertTrue(closedByServer(denied))
-            denied.close()
-        self.assertEqual(server.stop(), 0)
+            denied = yield server.connect(source="127.0.0.3")
+            yield refusedAtOnce(denied)
+        self.assertEqual(
+            server.metrics()['myserver_connections_rejected_total{reason="deny"}'], 20
+        )
         refusals = [
-            line
-            for line in server.lines
-            if "refused a connection from 127.0.0.3: deny" in line
+            m
+            for m in server.messages()
+            if "refused a connection from 127.0.0.3: deny" in m
         ]
         # Twenty refusals, logged once (the rest are counted in the next
         # line that gets through, at most every few seconds).
         self.assertGreaterEqual(len(refusals), 1)
         self.assertLess(len(refusals), 5)
 
-    def test_notAllowed(self) -> None:
-        server = ServerProcess("--allow", "127.0.0.2/32,::1").start()
-        self.addCleanup(server.kill)
-        self.assertTrue(echoedOn(connectFrom("127.0.0.2", server.port), b"in", 10))
-        outsider = connectFrom("127.0.0.4", server.port)
-        self.assertTrue(closedByServer(outsider))
-        self.assertEqual(server.stop(), 0)
-        self.assertIn("not_allowed", server.output)
+    @inlineCallbacks
+    def test_notAllowed(self) -> Any:
+        server = serve(self, "echo", allow=["127.0.0.2/32", "::1"])
+        inside = yield server.connect(source="127.0.0.2")
+        inside.send(b"in")
+        yield inside.expect(b"in")
+        outsider = yield server.connect(source="127.0.0.4")
+        yield refusedAtOnce(outsider)
+        self.assertEqual(
+            server.metrics()[
+                'myserver_connections_rejected_total{reason="not_allowed"}'
+            ],
+            1,
+        )
 
 
 class IdleTimeoutTests(TestCase):
     """
-    idle_timeout closes connections that move no byte either way.
+    idle_timeout closes connections that move no byte either way, on the
+    server's clock.
     """
 
     def test_idleClosedTalkativeKept(self) -> None:
         """
         A silent client is closed; one that keeps talking is not.
         """
-        server = ServerProcess("--idle-timeout", "1").start()
-        self.addCleanup(server.kill)
-        silent = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        talker = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        stop = time.monotonic() + 3
-        while time.monotonic() < stop:
-            self.assertTrue(echoedOn(talker, b"still here", 10))
-            time.sleep(0.25)
-        self.assertTrue(closedByServer(silent, 10))
-        self.assertTrue(echoedOn(talker, b"and now", 10))
-        talker.close()
-        silent.close()
-        self.assertEqual(server.stop(), 0)
+        server = MemoryServer(pluginFactory("echo"), idle_timeout=1)
+        silent = server.connect()
+        talker = server.connect()
+        for _ in range(12):
+            talker.receive(b"still here")
+            self.assertEqual(talker.read(), b"still here")
+            server.advance(0.25)
+        self.assertTrue(silent.closed)
+        self.assertFalse(talker.closed)
+        talker.receive(b"and now")
+        self.assertEqual(talker.read(), b"and now")
+        self.assertEqual(server.guard.idleClosed, 1)
 
     def test_writeStallCountsAsIdle(self) -> None:
         """
         A client that stops reading while the server holds output for it is
-        closed too, freeing the buffer.
+        closed too, freeing the buffer; a reading client is not.
         """
-        server = ServerProcess("--idle-timeout", "1", "--max-write-buffer", "64KiB")
-        server.start()
-        self.addCleanup(server.kill)
-        baseline = server.openSockets()
-        stalled = socket.create_connection(("127.0.0.1", server.port), timeout=10)
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sent = [0]
-
-        def flood() -> None:
-            chunk = b"x" * 65536
-            stalled.settimeout(30)
-            try:
-                for _ in range(512):
-                    sent[0] += stalled.send(chunk)
-            except OSError:
-                pass
-
-        sender = threading.Thread(target=flood, daemon=True)
-        sender.start()
-        sender.join(30)
-        self.assertFalse(sender.is_alive())
-        # The server gave up on it: far less than 32 MiB got in.
-        self.assertLess(sent[0], 512 * 65536)
-        self.assertEqual(server.waitForSockets(baseline), baseline)
-        stalled.close()
-        self.assertEqual(echoOnce(server.port, b"next"), b"next")
-        self.assertEqual(server.stop(), 0)
-        assertNoTraceback(self, server.output)
+        server = MemoryServer(
+            pluginFactory("echo"),
+            idle_timeout=1,
+            max_write_buffer="64KiB",
+            socketBuffer=4096,
+        )
+        stalled = server.connect()
+        stalled.receive(b"x" * 200_000)
+        self.assertTrue(stalled.readingPaused)
+        self.assertGreater(stalled.pendingBytes, 0)
+        for _ in range(12):
+            server.advance(0.25)
+        self.assertTrue(stalled.closed)
+        self.assertEqual(len(server.registry.connections), 0)
+        reader = server.connect()
+        reader.receive(b"next")
+        self.assertEqual(reader.read(), b"next")

@@ -14,7 +14,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback
+from tests.support import ServerProcess, assertNoTraceback, processTest
 
 TIMEOUT = 30
 
@@ -101,6 +101,7 @@ def jsonRecords(testCase: TestCase, output: str) -> list[dict[str, Any]]:
     return records
 
 
+@processTest
 class LoggingTests(TestCase):
     """
     C{--log-format} and C{--log-level} (and their environment spellings)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce, run
+from tests.support import ServerProcess, assertNoTraceback, echoOnce, processTest, run
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "example"
 _built: dict[str, str] = {}
@@ -146,6 +146,7 @@ INVALID = """
 """
 
 
+@processTest
 class SeparatePackageTests(TestCase):
     """
     A protocol in its own distribution, installed beside myserver, is served
@@ -197,6 +198,7 @@ class SeparatePackageTests(TestCase):
         self.assertIn("unknown option 'colour'", result.stderr)
 
 
+@processTest
 class IsolationTests(TestCase):
     """
     A protocol that raises closes the connection it raised for, and only
@@ -239,6 +241,7 @@ class IsolationTests(TestCase):
         self.assertEqual(output.count("ValueError: dataReceived went wrong"), 1)
 
 
+@processTest
 class DiscoveryProblemTests(TestCase):
     """
     Plugins that clash or do not meet the interface are reported by name.
@@ -289,6 +292,7 @@ KEYERROR = """
 """
 
 
+@processTest
 class OperatorMessagesTests(TestCase):
     """
     What an operator sees of plugins that are broken, buggy or not installed
@@ -328,6 +332,7 @@ class OperatorMessagesTests(TestCase):
         self.assertIn(twisted.__version__, result.stdout)
 
 
+@processTest
 class PerListenerTests(TestCase):
     """
     [[listen]] tables give each listener its own protocol, options and

@@ -6,16 +6,18 @@ in-memory transport, and real sockets against a real server.
 from __future__ import annotations
 
 import os
-import socket
 import struct
-import threading
 import time
+from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 
 from myserver.protocols import chargen, chat, daytime, discard, timeprotocol
-from tests.support import ServerProcess, assertNoTraceback, echoOnce
+from myserver.testing import serve
 
 PRINTABLE = bytes(range(32, 127))
 
@@ -25,17 +27,6 @@ def rfc864Line(index: int, length: int = 72) -> bytes:
     Line C{index} of RFC 864's pattern, written out the slow, obvious way.
     """
     return bytes(PRINTABLE[(index + k) % 95] for k in range(length)) + b"\r\n"
-
-
-def connect(port: int) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", port), timeout=10)
-
-
-def readAll(sock: socket.socket) -> bytes:
-    received = b""
-    while data := sock.recv(65536):
-        received += data
-    return received
 
 
 class PausingTransport(StringTransport):
@@ -136,107 +127,106 @@ class UnitTests(TestCase):
 
 class ServiceTests(TestCase):
     """
-    Each service over real sockets, all from one server.
+    Each service over real sockets: the real service tree on this test's
+    reactor, one server per test.
     """
 
-    def setUp(self) -> None:
-        listen = []
-        for name in ("chargen", "discard", "daytime", "time", "chat"):
-            listen += ["--listen", f"{name}=tcp:0:interface=127.0.0.1"]
-        self.server = ServerProcess(*listen).start()
-        self.addCleanup(self.server.kill)
-        ports = [port for _, port in self.server.addresses]
-        self.chargen, self.discard, self.daytime, self.time, self.chat = ports
-        # Cleanups run last-in first-out: this check, then the kill above.
-        self.addCleanup(self.checkCleanStop)
+    @inlineCallbacks
+    def test_discard(self) -> Any:
+        server = serve(self, "discard")
+        client = yield server.connect()
+        client.send(os.urandom(10 << 20))
+        client.halfClose()
+        received = yield client.readUntilEOF()
+        self.assertEqual(received, b"")
+        yield server.waitFor(
+            lambda: server.metrics()["myserver_bytes_received_total"] == 10 << 20
+        )
 
-    def checkCleanStop(self) -> None:
-        self.assertEqual(self.server.stop(), 0)
-        assertNoTraceback(self, self.server.output)
-
-    def test_discard(self) -> None:
-        self.assertEqual(echoOnce(self.discard, os.urandom(10 << 20)), b"")
-
-    def test_daytime(self) -> None:
-        with connect(self.daytime) as sock:
-            line = readAll(sock)
+    @inlineCallbacks
+    def test_daytime(self) -> Any:
+        server = serve(self, "daytime")
+        client = yield server.connect()
+        line = yield client.readUntilEOF()
         self.assertRegex(line, rb"^\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT\r\n$")
 
-    def test_time(self) -> None:
-        with connect(self.time) as sock:
-            value = readAll(sock)
+    @inlineCallbacks
+    def test_time(self) -> Any:
+        server = serve(self, "time")
+        client = yield server.connect()
+        value = yield client.readUntilEOF()
         self.assertEqual(len(value), 4)
         seconds = struct.unpack("!I", value)[0] - 2208988800
         self.assertLess(abs(seconds - time.time()), 5)
 
-    def test_chargenExactAndPacedBySlowReader(self) -> None:
+    @inlineCallbacks
+    def test_chargenExactAndPacedBySlowReader(self) -> Any:
         """
-        RFC-exact lines, and a reader that stops for 2 s does not make the
-        server buffer: its memory grows by no more than a few MiB.
+        RFC-exact lines, and while the reader stops the server queues no
+        more than its write-buffer mark for it: chargen is paced by the
+        reader, not buffered.
         """
-        with connect(self.chargen) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            received = b""
-            while len(received) < 74 * 300:
-                received += sock.recv(65536)
-            expected = b"".join(rfc864Line(i) for i in range(300))
-            self.assertEqual(received[: len(expected)], expected)
-            before = self.server.rss()
-            time.sleep(2)
-            during = self.server.rss()
-            offset = len(received)
-            more = b""
-            while len(more) < 1 << 20:
-                more += sock.recv(65536)
-        self.assertLess(during - before, 8 << 20)
+        server = serve(self, "chargen", max_write_buffer="256KiB")
+        client = yield server.connect()
+        received = yield client.read(74 * 300)
+        expected = b"".join(rfc864Line(i) for i in range(300))
+        self.assertEqual(received, expected)
+        client.transport.pauseProducing()
+        [connection] = server.server.registry.connections
+        queued = []
+        for _ in range(20):
+            yield deferLater(reactor, 0.02, lambda: None)
+            queued.append(connection.pendingBytes())
+        self.assertLessEqual(max(queued), 256 * 1024 + 65536)
+        client.transport.resumeProducing()
+        more = yield client.read(1 << 20)
+        offset = len(received)
         period = b"".join(rfc864Line(i) for i in range(95))
         stream = period * (2 + (offset + len(more)) // len(period))
         self.assertEqual(more, stream[offset : offset + len(more)])
 
-    def test_chat(self) -> None:
+    @inlineCallbacks
+    def test_chat(self) -> Any:
         """
         Three members: a line reaches the other two, not its sender; a
         member that stops reading while others flood is dropped, and the
         others keep receiving.
         """
-        members = [connect(self.chat) for _ in range(2)]
-        # The member that will stop reading: a small receive window, set
-        # before connecting so that it holds from the handshake on.
-        slow = socket.socket()
-        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        slow.settimeout(10)
-        slow.connect(("127.0.0.1", self.chat))
-        members.append(slow)
-        files = [m.makefile("rb") for m in members]
-        for f in files:
-            self.assertTrue(f.readline().startswith(b"* welcome, guest-"))
-        self.assertEqual(files[1].readline(), b"* guest-3 joined\r\n")
-        members[0].sendall(b"/nick alice\r\n")
-        for f in files[1:]:
-            self.assertEqual(f.readline(), b"* guest-1 is now alice\r\n")
-        members[0].sendall(b"hi there\n")
-        for f in files[1:]:
-            self.assertEqual(f.readline(), b"alice: hi there\r\n")
-        # Now the slow member reads no more; alice floods; the other reads.
-        dropped = threading.Event()
-        stillHere = threading.Event()
+        server = serve(self, "chat")
+        alice = yield server.connect()
+        bob = yield server.connect()
+        slow = yield server.connect()
 
-        def reader() -> None:
-            for line in iter(files[1].readline, b""):
-                if b"could not keep up" in line:
-                    dropped.set()
-                if line == b"alice: still here\r\n":
-                    stillHere.set()
-                    return
+        def heard(member: Any, line: bytes) -> Any:
+            return server.waitFor(
+                lambda: line in member.received, timeout=20, what=repr(line)
+            )
 
-        thread = threading.Thread(target=reader, daemon=True)
-        thread.start()
+        for member in (alice, bob, slow):
+            yield heard(member, b"* welcome, guest-")
+        yield heard(bob, b"* guest-3 joined\r\n")
+        alice.send(b"/nick alice\r\n")
+        for member in (bob, slow):
+            yield heard(member, b"* guest-1 is now alice\r\n")
+        alice.send(b"hi there\n")
+        for member in (bob, slow):
+            yield heard(member, b"alice: hi there\r\n")
+        self.assertNotIn(b"alice: hi there", alice.received)
+        # Now the slow member reads no more; alice floods; bob reads.
+        slow.transport.pauseProducing()
         batch = (b"x" * 1000 + b"\n") * 100
-        deadline = time.monotonic() + 60
-        while not dropped.is_set() and time.monotonic() < deadline:
-            members[0].sendall(batch)
-        self.assertTrue(dropped.wait(10), "the slow member was never dropped")
-        members[0].sendall(b"still here\n")
-        self.assertTrue(stillHere.wait(20), "the others stopped receiving")
-        for m in members:
-            m.close()
+        deadline = reactor.seconds() + 60
+        searched = 0
+        while bob.received.find(b"could not keep up", searched) < 0:
+            self.assertLess(reactor.seconds(), deadline, "never dropped")
+            searched = max(0, len(bob.received) - 100)
+            alice.send(batch)
+            yield deferLater(reactor, 0.005, lambda: None)
+        registry = server.server.registry
+        yield server.waitFor(
+            lambda: len(registry.connections) == 2, what="the slow member dropped"
+        )
+        slow.transport.resumeProducing()
+        yield server.waitFor(lambda: slow.closed, what="the slow member's close")
+        alice.send(b"still here\n")
+        yield heard(bob, b"alice: still here\r\n")

@@ -15,7 +15,7 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, requireTool
+from tests.support import ServerProcess, assertNoTraceback, processTest, requireTool
 
 
 def freePort() -> int:
@@ -47,6 +47,7 @@ def exchange(sock: socket.socket, payload: bytes) -> bytes:
     return received
 
 
+@processTest
 class BehindHAProxyTests(TestCase):
     def setUp(self) -> None:
         self.haproxy = requireTool("haproxy", "/usr/sbin/haproxy")

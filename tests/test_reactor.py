@@ -14,7 +14,7 @@ from twisted.python import context, log
 from twisted.trial.unittest import TestCase
 
 from myserver.reactor import DirectEPollReactor, reactorName
-from tests.support import ServerProcess, assertNoTraceback, echoOnce
+from tests.support import ServerProcess, assertNoTraceback, echoOnce, processTest
 
 
 class Readable(FileDescriptor):
@@ -105,6 +105,7 @@ class DispatchTests(TestCase):
         self.assertIsNone(reactorName(object()))
 
 
+@processTest
 class ReactorChoiceTests(TestCase):
     """
     The reactor myserver runs on, by default and when twistd is told one.

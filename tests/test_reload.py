@@ -12,7 +12,7 @@ import socket
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce
+from tests.support import ServerProcess, assertNoTraceback, echoOnce, processTest
 
 LISTEN = 'listen = ["tcp:0:interface=127.0.0.1"]\n'
 
@@ -40,6 +40,7 @@ def refused(port: int) -> bool:
             return True
 
 
+@processTest
 class ReloadTests(TestCase):
     def writeConfig(self, text: str) -> None:
         with open(self.config, "w") as f:

@@ -16,6 +16,7 @@ from pathlib import Path
 from twisted.trial.unittest import TestCase
 
 from myserver.testing.process import cleanEnvironment
+from tests.support import processTest
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "example"
 
@@ -24,6 +25,7 @@ def environment(target: str) -> dict[str, str]:
     return cleanEnvironment({"PYTHONPATH": target})
 
 
+@processTest
 class PluginPackageTests(TestCase):
     def installAndTest(self, source: Path, name: str, tests: int) -> None:
         target = tempfile.mkdtemp(prefix="plugin-")

@@ -13,7 +13,7 @@ import time
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback
+from tests.support import ServerProcess, assertNoTraceback, processTest
 
 CLIENTS = 50
 PAYLOAD_SIZE = 2 * 1024 * 1024
@@ -163,6 +163,7 @@ class StreamingClient:
         self.sock.close()
 
 
+@processTest
 class ShutdownTests(TestCase):
     """
     SIGTERM and SIGINT stop accepting at once, let open connections finish,

@@ -30,6 +30,7 @@ from tests.support import (
     echoOnce,
     exchange,
     isOpen,
+    processTest,
     raiseOwnDescriptorLimit,
     randomSize,
     readToEnd,
@@ -270,6 +271,7 @@ class Soak:
         self.record("slow", (len(payload), received == payload))
 
 
+@processTest
 class SoakTests(TestCase):
     """
     One fully configured server under every kind of client at once.

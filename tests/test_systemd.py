@@ -23,6 +23,7 @@ from tests.support import (
     assertNoTraceback,
     echoOnce,
     myserverCommand,
+    processTest,
     requireTool,
 )
 
@@ -53,6 +54,7 @@ def freePort(low: int = 0) -> int:
     raise unittest.SkipTest("no free port")
 
 
+@processTest
 class SocketActivationTests(TestCase):
     def test_adoptsInheritedSocket(self) -> None:
         """
@@ -100,6 +102,7 @@ class SocketActivationTests(TestCase):
         assertNoTraceback(self, output)
 
 
+@processTest
 class UnitFileTests(TestCase):
     def test_unitsVerify(self) -> None:
         """
@@ -142,6 +145,7 @@ class UnitFileTests(TestCase):
         self.assertIn("ListenStream=27015", socketUnit.splitlines())
 
 
+@processTest
 class PrivilegeTests(TestCase):
     def test_bindsLowPortThenDropsToNobody(self) -> None:
         """

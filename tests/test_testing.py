@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from myserver.policy import PROTOCOL_ERROR
 from myserver.testing import MemoryServer, connect, connectPlugin, serve, startServer
+from tests.support import processTest
 
 
 class NaiveEcho(Protocol):
@@ -178,6 +179,7 @@ def test_leakFailsTheTest(myserver_server):
 """
 
 
+@processTest
 class PytestFixtureTests(TestCase):
     """
     The C{myserver_server} fixture, found through the C{pytest11} entry

@@ -16,7 +16,13 @@ import threading
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, requireTool, run
+from tests.support import (
+    ServerProcess,
+    assertNoTraceback,
+    processTest,
+    requireTool,
+    run,
+)
 
 
 def makePair(directory: str, name: str) -> tuple[str, str]:
@@ -44,6 +50,7 @@ def der(path: str) -> bytes:
         return ssl.PEM_cert_to_DER_cert(f.read())
 
 
+@processTest
 class TLSTests(TestCase):
     def setUp(self) -> None:
         requireTool("openssl")

@@ -13,7 +13,13 @@ import socket
 
 from twisted.trial.unittest import TestCase
 
-from tests.support import ServerProcess, assertNoTraceback, echoOnce, manyEchoes
+from tests.support import (
+    ServerProcess,
+    assertNoTraceback,
+    echoOnce,
+    manyEchoes,
+    processTest,
+)
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
 
@@ -43,6 +49,7 @@ def socketsOf(pid: int) -> int:
     return count
 
 
+@processTest
 class WorkerTests(TestCase):
     def start(self, *args: str) -> ServerProcess:
         server = ServerProcess("--workers", "2", *args).start()
@@ -170,6 +177,7 @@ class WorkerTests(TestCase):
         self.assertEqual(server.stop(), 0)
 
 
+@processTest
 class WorkerMetricsTests(TestCase):
     def test_metricsSummedOverWorkers(self) -> None:
         """

@@ -13,7 +13,7 @@ and fails if a connection or a timer of the server was left behind.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from twisted.application.service import MultiService
@@ -65,6 +65,13 @@ class Client(Protocol):
         lost, self._lost = self._lost, []
         for d in lost:
             d.callback(self._take(len(self.received) - self._consumed))
+
+    @property
+    def closed(self) -> bool:
+        """
+        Whether the connection has ended (closed by either side, or reset).
+        """
+        return self.closedReason is not None
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
@@ -182,15 +189,41 @@ class RunningServer:
         self.port = self.ports[0] if self.ports else 0
 
     @inlineCallbacks
-    def connect(self, port: int | None = None) -> Any:
+    def connect(self, port: int | None = None, source: str | None = None) -> Any:
         """
+        @param source: the loopback address to connect from (e.g.
+            C{"127.0.0.2"}), to test per-address limits and allow/deny
+            networks with real source addresses.
         @return: a Deferred firing with a connected L{Client}.
         """
-        endpoint = TCP4ClientEndpoint(self.reactor, self.host, port or self.port)
+        endpoint = TCP4ClientEndpoint(
+            self.reactor,
+            self.host,
+            port or self.port,
+            bindAddress=(source, 0) if source else None,
+        )
         client = yield connectProtocol(endpoint, Client())
         client.localPort = client.transport.getHost().port
         self.clients.append(client)
         return client
+
+    @inlineCallbacks
+    def waitFor(
+        self, condition: Callable[[], object], timeout: float = 10, what: str = ""
+    ) -> Any:
+        """
+        Poll C{condition} on the reactor (every 10 ms) until it is true.
+
+        @return: a Deferred firing when it is, or failing with
+            L{AssertionError} after C{timeout} seconds.
+        """
+        deadline = self.reactor.seconds() + timeout
+        while not condition():
+            if self.reactor.seconds() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what or condition}"
+                )
+            yield deferLater(self.reactor, 0.01, lambda: None)
 
     def metrics(self) -> dict[str, float]:
         """
