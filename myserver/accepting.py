@@ -2,12 +2,13 @@
 """
 The one owner of accepting: which listening ports accept new connections
 now, from the room left under the server's C{max_connections} and each
-listener's own cap.
+listener's own cap, and from the output budget (none while overloaded).
 
 Everything that changes the room reports here and nowhere else: the guard
 when a connection opens or closes (L{AcceptGate.opened},
 L{AcceptGate.closed}), a SIGHUP reconfiguration when limits change
-(L{AcceptGate.reconsider}).  Ports only ask how much room there is
+(L{AcceptGate.reconsider}), the output budget when it becomes overloaded
+and when it no longer is (L{myserver.budget}).  Ports only ask how much room there is
 (L{AcceptGate.room}) and do what they are told through L{IAcceptingPort}.
 At the limit the ports stop reading their listening sockets, so new clients
 wait in the kernel's backlog instead of being refused.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from zope.interface import Attribute, Interface
 
+from myserver.budget import OVERLOADED, OutputBudget
 from myserver.registry import ConnectionRegistry
 
 
@@ -54,16 +56,37 @@ class AcceptGate:
     @ivar registry: where the total count is kept.
     """
 
-    def __init__(self, registry: ConnectionRegistry, maxConnections: int) -> None:
+    def __init__(
+        self,
+        registry: ConnectionRegistry,
+        maxConnections: int,
+        budget: OutputBudget | None = None,
+    ) -> None:
         self.registry = registry
         self.maxConnections = maxConnections
+        self.budget = budget or OutputBudget(registry, 0)
+        self.budget.observers.append(self._budgetStateChanged)
         self._ports: dict[ILimitedListener, set[IAcceptingPort]] = {}
+
+    def _budgetStateChanged(self, state: str) -> None:
+        """
+        Over the output budget no port accepts; below it again, those with
+        room resume.
+        """
+        if state == OVERLOADED:
+            for ports in self._ports.values():
+                for port in ports:
+                    port.pauseAccepting()
+        else:
+            self.reconsider()
 
     def room(self, listener: ILimitedListener) -> int:
         """
         How many more connections C{listener} may accept now: the smaller
         of the server's room and the listener's own.
         """
+        if self.budget.state == OVERLOADED:
+            return 0
         room = self.maxConnections - len(self.registry)
         if listener.maxConnections:
             room = min(room, listener.maxConnections - len(listener.connections))
@@ -101,6 +124,8 @@ class AcceptGate:
         """
         if len(self.registry) == self.maxConnections - 1:
             self.reconsider()
+        elif self.budget.state == OVERLOADED:
+            return
         elif listener.maxConnections and (
             len(listener.connections) == listener.maxConnections - 1
         ):

@@ -101,6 +101,27 @@ class ServerCollector(Collector):
             "Bytes queued in the server for clients, not yet sent.",
             value=sum(c.pendingBytes() for c in connections),
         )
+        budget = self.server.gate.budget
+        yield GaugeMetricFamily(
+            "myserver_buffered_bytes",
+            "Bytes queued for all clients, as the output budget counts them.",
+            value=budget.queued,
+        )
+        yield GaugeMetricFamily(
+            "myserver_buffer_budget_bytes",
+            "The output budget, max_buffered (0: none).",
+            value=budget.limit,
+        )
+        actions = CounterMetricFamily(
+            "myserver_overload_actions",
+            "Times the output budget acted, by action: shrink_marks (reading "
+            "slowed), stop_accepting, abort (a connection with one of the "
+            "largest queues).",
+            labels=["action"],
+        )
+        for action, count in budget.actions.items():
+            actions.add_metric([action], count)
+        yield actions
         histogram = registry.durations
         yield HistogramMetricFamily(
             "myserver_connection_duration_seconds",

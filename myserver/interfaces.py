@@ -91,3 +91,20 @@ class IReloadable(Interface):
         @raise Exception: if the new material is unusable; the old material
             then stays in force.
         """
+
+
+class IHandshakePhase(Interface):
+    """
+    A protocol layer with a handshake before the protocol proper: the PROXY
+    header, a TLS handshake, or a plugin's own (a login, a banner
+    exchange).  The server closes a connection that has not finished every
+    such layer within C{handshake_timeout} seconds of being accepted,
+    counted with the reason C{handshake_timeout}.  The server finds the
+    layers by following each protocol's C{wrappedProtocol}.
+    """
+
+    def handshakeFinished():  # type: ignore[no-untyped-def]
+        """
+        @return: whether this layer's handshake is over (a failed one
+            closes the connection itself).
+        """

@@ -22,6 +22,8 @@ from zope.interface import implementer
 
 from myserver.accepting import AcceptGate, ILimitedListener
 from myserver.admission import Admission, hostOf
+from myserver.budget import OutputBudget
+from myserver.interfaces import IHandshakePhase
 from myserver.logs import RateLimitedLog
 from myserver.registry import ConnectionRegistry
 
@@ -31,6 +33,7 @@ log = Logger(namespace="myserver.guard")
 DESCRIPTORS_EXHAUSTED = "descriptors_exhausted"
 PROTOCOL_ERROR = "protocol_error"
 ACCEPT_ERROR = "accept_error"
+HANDSHAKE_TIMEOUT = "handshake_timeout"
 
 
 @implementer(ILimitedListener)
@@ -56,6 +59,11 @@ class Guard:
     @ivar connections: this listener's open connections.
     @ivar rejected: connections refused or cut short, by reason.
     @ivar idleClosed: connections closed for being idle.
+    @ivar budget: the server's output budget, which every connection's
+        queue counts against.
+    @ivar handshakeTimeout: seconds from accept within which a connection
+        must finish what comes before its protocol (the PROXY header, the
+        TLS handshake); 0 for no deadline.
     """
 
     def __init__(
@@ -70,8 +78,12 @@ class Guard:
         maxConnections: int = 0,
         admission: Admission | None = None,
         noDelay: bool = True,
+        budget: OutputBudget | None = None,
+        handshakeTimeout: float = 0.0,
     ) -> None:
         self.registry = registry
+        self.budget = budget or OutputBudget(registry, 0)
+        self.handshakeTimeout = handshakeTimeout
         self.gate = gate
         self.noDelay = noDelay
         self.clock = clock
@@ -91,6 +103,7 @@ class Guard:
         idleTimeout: float,
         maxConnections: int,
         admission: Admission,
+        handshakeTimeout: float,
     ) -> None:
         """
         Apply new settings without closing anything: open connections get
@@ -101,6 +114,7 @@ class Guard:
         self.maxWriteBuffer = maxWriteBuffer
         self.idleTimeout = idleTimeout
         self.maxConnections = maxConnections
+        self.handshakeTimeout = handshakeTimeout
         counts: dict[tuple[int, int], int] = {}
         for connection in self.connections:
             connection.maxWriteBuffer = maxWriteBuffer
@@ -126,6 +140,21 @@ class Guard:
             peer=hostOf(peer) or str(peer),
             reason=reason,
         )
+
+    def shed(self, connection: Any, reason: str, why: str) -> None:
+        """
+        Abort an open connection for C{reason}: counted, and logged
+        (rate-limited) with C{why}.
+        """
+        self.count(reason)
+        self.warnings.emit(
+            reason,
+            LogLevel.warn,
+            "closed a connection from {peer}: {why}",
+            peer=hostOf(connection.clientAddress()) or str(connection.getPeer()),
+            why=why,
+        )
+        connection.abortConnection()
 
     def protocolFailed(self, where: str, peer: Any) -> None:
         """
@@ -223,3 +252,42 @@ class Guard:
                     connection.loseConnection()
         self.idleClosed += closed
         return closed
+
+    def sweepHandshakes(self) -> int:
+        """
+        Abort every connection still in its handshake (PROXY header, TLS)
+        C{handshakeTimeout} seconds after it was accepted.  The deadline is
+        absolute: bytes that trickle in do not move it, so a client that
+        drips its hello cannot hold a slot.  A connection past its
+        handshake is not looked at again.
+
+        @return: how many connections were aborted.
+        """
+        deadline = self.clock.seconds() - self.handshakeTimeout
+        aborted = 0
+        for connection in list(self.connections):
+            if connection.pastHandshake:
+                continue
+            if not inHandshake(connection.protocol):
+                connection.pastHandshake = True
+            elif connection.openedAt <= deadline:
+                aborted += 1
+                self.shed(
+                    connection,
+                    HANDSHAKE_TIMEOUT,
+                    f"handshake not finished within {self.handshakeTimeout:g}s",
+                )
+        return aborted
+
+
+def inHandshake(protocol: Any) -> bool:
+    """
+    Whether any layer of C{protocol} (it and what it wraps) is still in a
+    handshake: an L{IHandshakePhase} not yet finished.
+    """
+    while protocol is not None:
+        phase = IHandshakePhase(protocol, None)
+        if phase is not None and not phase.handshakeFinished():
+            return True
+        protocol = getattr(protocol, "wrappedProtocol", None)
+    return False

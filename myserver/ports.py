@@ -47,7 +47,6 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import UnsupportedAddressFamily
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import LogLevel
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -55,6 +54,7 @@ from myserver.accepting import IAcceptingPort
 from myserver.admission import describeAddress, hostOf
 from myserver.policy import DESCRIPTORS_EXHAUSTED, Guard
 from myserver.proxy import GuardedProxyFactory, isProxyFactory
+from myserver.tls import TimedHandshakeTLSFactory
 from myserver.transport import GuardedServer, GuardedUNIXServer
 
 # The listen backlog when an endpoint string names none, as nginx (511) and
@@ -367,7 +367,7 @@ class GuardingReactor:
         backlog: int = 50,
         interface: str = "",
     ) -> IListeningPort:
-        tlsFactory = TLSMemoryBIOFactory(contextFactory, False, factory)
+        tlsFactory = TimedHandshakeTLSFactory(contextFactory, False, factory)
         return self.listenTCP(port, tlsFactory, backlog, interface)
 
     def adoptStreamPort(

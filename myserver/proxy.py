@@ -43,17 +43,20 @@ from twisted.protocols.haproxy._wrapper import (
     HAProxyWrappingFactory,
 )
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, providedBy
+from zope.interface import directlyProvides, implementer, providedBy
 
 from myserver.admission import hostOf
+from myserver.interfaces import IHandshakePhase
 
 PROXY_HEADER = "proxy_header"
 
 
+@implementer(IHandshakePhase)
 class GuardedProxyProtocol(HAProxyProtocolWrapper):
     """
     Reads the PROXY header, then admits (or refuses) the real client, and
-    only then connects the server's protocol.
+    only then connects the server's protocol.  The header is its handshake,
+    held to C{handshake_timeout}.
     """
 
     factory: GuardedProxyFactory
@@ -66,6 +69,9 @@ class GuardedProxyProtocol(HAProxyProtocolWrapper):
         directlyProvides(self, providedBy(transport))
         Protocol.makeConnection(self, transport)
         self.factory.registerProtocol(self)
+
+    def handshakeFinished(self) -> bool:
+        return self._proxyInfo is not None
 
     def dataReceived(self, data: bytes) -> None:
         if self._proxyInfo is not None:

@@ -113,6 +113,7 @@ class Reconfigure:
             if match is not None:
                 self._apply(new, match, target)
         self.server.gate.maxConnections = new.max_connections
+        self.server.gate.budget.setLimit(new.max_buffered)
         self.server.gate.reconsider()
         self.server.shutdownTimeout = new.shutdown_timeout
         self.server.restartSweeper()
@@ -147,4 +148,5 @@ class Reconfigure:
                 listenerSetting(config, listener, "idle_timeout"),
                 listener.settings.get("max_connections", 0),
                 admission,
+                listenerSetting(config, listener, "handshake_timeout"),
             )

@@ -25,6 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from myserver.accepting import AcceptGate
+from myserver.budget import MemoryReturner
 from myserver.interfaces import IReloadable
 from myserver.listening import EndpointService
 from myserver.policy import Guard
@@ -120,6 +121,7 @@ class ServerService(MultiService):
         self.shutdownTimeout = shutdownTimeout
         self.clock = clock
         self.guards = guards or []
+        self.memory = MemoryReturner(gate.budget)
 
     def privilegedStartService(self) -> None:
         raiseDescriptorLimit()
@@ -127,21 +129,31 @@ class ServerService(MultiService):
 
     def startService(self) -> None:
         super().startService()
+        self.memory.start()
         self._startSweeping()
 
     def _startSweeping(self) -> None:
-        timeouts = [g.idleTimeout for g in self.guards if g.idleTimeout > 0]
-        if timeouts:
-            # Activity is noticed at the next sweep, so a connection is
-            # closed between idle_timeout and idle_timeout + interval.
-            self._sweeper = LoopingCall(self.sweepIdle)
-            self._sweeper.clock = self.clock
-            self._sweeper.start(min(5.0, min(timeouts) / 4), now=False)
+        timeouts = [
+            timeout
+            for g in self.guards
+            for timeout in (g.idleTimeout, g.handshakeTimeout)
+            if timeout > 0
+        ]
+        # Activity is noticed at the next sweep, so a connection is closed
+        # between idle_timeout and idle_timeout + interval; a handshake past
+        # its deadline likewise.  The memory check rides along.
+        interval = min(5.0, min(timeouts) / 4) if timeouts else 5.0
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(interval, now=False)
 
-    def sweepIdle(self) -> None:
+    def sweep(self) -> None:
         for guard in self.guards:
             if guard.idleTimeout > 0:
                 guard.sweepIdle()
+            if guard.handshakeTimeout > 0:
+                guard.sweepHandshakes()
+        self.memory.check()
 
     def stopService(self) -> Deferred[None]:
         self.draining = True

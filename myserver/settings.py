@@ -67,6 +67,8 @@ class Config:
     deny: tuple[Network, ...] = ()
     idle_timeout: float = 300.0
     max_write_buffer: int = 1024 * 1024
+    max_buffered: int = 64 * 1024 * 1024
+    handshake_timeout: float = 30.0
     tcp_nodelay: bool = True
     datagram_rate: float = 10.0
     datagram_burst: int = 20
@@ -99,6 +101,15 @@ def parseSize(value: object) -> int:
     if size <= 0:
         raise ValueError("must be a positive size in bytes")
     return size
+
+
+def parseBudget(value: object) -> int:
+    """
+    A size as for L{parseSize}, or 0 for no budget at all.
+    """
+    if value in (0, "0"):
+        return 0
+    return parseSize(value)
 
 
 def parseDuration(value: object) -> float:
@@ -313,6 +324,19 @@ SETTINGS: tuple[Setting, ...] = (
         "reading from that client until they drain.",
     ),
     Setting(
+        "max_buffered",
+        parseBudget,
+        "Bytes queued for all clients together (0: no budget); above half of "
+        "it the server reads less from the clients it queues most for, at it "
+        "stops accepting, and past 1.25 times it aborts the largest queues.",
+    ),
+    Setting(
+        "handshake_timeout",
+        parseDuration,
+        "Seconds from accept within which the PROXY header and the TLS "
+        "handshake must be done, however slowly bytes arrive (0: no deadline).",
+    ),
+    Setting(
         "tcp_nodelay",
         lambda value: parseBool(value),
         "Send small writes at once (TCP_NODELAY) on accepted TCP connections; "
@@ -359,6 +383,7 @@ PER_LISTENER = (
     "deny",
     "idle_timeout",
     "max_write_buffer",
+    "handshake_timeout",
     "tcp_nodelay",
     "datagram_rate",
     "datagram_burst",

@@ -24,6 +24,7 @@ from twisted.python.components import Componentized
 
 from myserver.accepting import AcceptGate
 from myserver.admin import AdminService, adminSite
+from myserver.budget import OutputBudget
 from myserver.config import load
 from myserver.datagram import (
     DatagramListenerService,
@@ -306,6 +307,8 @@ def _serve(
         maxConnections=listener.settings.get("max_connections", 0),
         admission=admissionFor(config, listener),
         noDelay=setting("tcp_nodelay"),
+        budget=gate.budget,
+        handshakeTimeout=setting("handshake_timeout"),
     )
     return ListenerService(listener, factory, guard, reactor), guard
 
@@ -325,7 +328,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     config = options.config
     registry = ConnectionRegistry(logConnections=config.log_level == "debug")
-    gate = AcceptGate(registry, config.max_connections)
+    gate = AcceptGate(
+        registry, config.max_connections, OutputBudget(registry, config.max_buffered)
+    )
     supervisor = WorkerSupervisor(config, reactor) if config.workers > 1 else None
     services: list[Service] = [supervisor] if supervisor is not None else []
     targets: list[tuple[Listener, Any]] = []

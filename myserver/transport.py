@@ -32,7 +32,10 @@ expected, by C{tests.test_twistedcontract}):
     C{_tempDataBuffer}, C{_tempDataLen} (how many bytes are queued, and the
     list C{write} appends to, as Twisted's own C{write} does) and
     C{_writeDisconnected} (C{loseWriteConnection} was called);
-  - C{SEND_LIMIT}, the most C{doWrite} hands to one C{send}.
+  - C{SEND_LIMIT}, the most C{doWrite} hands to one C{send};
+  - C{_newtls.startTLS(transport, ctx, normal, bypass)}, the function
+    Twisted's own C{startTLS} calls, given our guarded write path as the
+    base class the TLS layer sends its ciphertext through.
 
 Registered producers are paused through the documented C{producer},
 C{streamingProducer} and C{producerPaused} attributes of
@@ -46,10 +49,11 @@ import errno
 import socket
 from typing import Any
 
-from twisted.internet import main, tcp, unix
+from twisted.internet import _newtls, abstract, main, tcp, unix
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 
+from myserver.budget import NORMAL, OutputBudget
 from myserver.policy import Guard
 
 _RETRY_LATER = (errno.EWOULDBLOCK, errno.ENOBUFS)
@@ -75,6 +79,11 @@ class GuardedServer(tcp.Server):
     addressKey: tuple[int, int] | None = None
     # The client behind a PROXY-protocol proxy, once its header is read.
     realPeer: Any = None
+    # What this connection has added to the output budget's total.
+    queuedCounted = 0
+    abortedForOverload = False
+    # Set by the handshake sweep once no layer is in its handshake.
+    pastHandshake = False
     _readPausedByGuard = False
     _readPausedByConsumer = False
     _readClosed = False
@@ -91,6 +100,7 @@ class GuardedServer(tcp.Server):
         super().__init__(sock, protocol, client, server, sessionno, reactor)
         guard: Guard = server.guard
         self.guard = guard
+        self.budget: OutputBudget = guard.budget
         self.maxWriteBuffer = guard.maxWriteBuffer
         self.openedAt = self.activeAt = guard.clock.seconds()
         if guard.noDelay and self.isTCP:
@@ -131,11 +141,6 @@ class GuardedServer(tcp.Server):
         return None
 
     def write(self, data: bytes) -> None:
-        if self.TLS:
-            # STARTTLS turned this connection into a TLS one; Twisted's own
-            # layering routes the bytes.
-            super().write(data)
-            return
         if not self.connected or self._writeDisconnected or not data:
             return
         if not self.dataBuffer and not self._tempDataLen:
@@ -155,22 +160,49 @@ class GuardedServer(tcp.Server):
         self._tempDataBuffer.append(data)
         self._tempDataLen += len(data)
         pending = self.pendingBytes()
+        budget = self.budget
+        budget.queued += pending - self.queuedCounted
+        self.queuedCounted = pending
+        mark = self.maxWriteBuffer
+        if budget.queued > budget.pressureAbove:
+            mark = budget.pressed(mark, self._readPausedByGuard)
+            if self._writeDisconnected:
+                return  # Aborted by the budget, this one among the largest.
         producer = self.producer
         if (
             producer is not None
             and self.streamingProducer
-            and pending > min(self.bufferSize, self.maxWriteBuffer)
+            and pending > min(self.bufferSize, mark)
         ):
             # Twisted's own mark, or the guard's when that is lower.
             self.producerPaused = True
             producer.pauseProducing()  # type: ignore[attr-defined]
-        if not self._readPausedByGuard and pending > self.maxWriteBuffer:
+        if not self._readPausedByGuard and pending > mark:
             self._readPausedByGuard = True
             self.stopReading()
         self.startWriting()
 
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))
+
+    def startTLS(self, ctx: Any, normal: bool = True) -> None:
+        """
+        STARTTLS, as Twisted's, except that the TLS layer sends its
+        ciphertext through this transport's guarded write path (counted,
+        under the write mark and the output budget), not around it.
+        """
+        _newtls.startTLS(self, ctx, normal, _GuardedCiphertext)
+        # The protocol's plaintext now goes into the TLS layer first, as in
+        # Twisted's own transports once TLS has started.
+        self.write = tcp.Connection.write.__get__(self)  # type: ignore[method-assign]
+        self.writeSequence = tcp.Connection.writeSequence.__get__(self)  # type: ignore[method-assign]
+
+    def abortConnection(self) -> None:
+        # Nothing more is queued for a connection being aborted: its close
+        # comes a reactor turn later, and the budget that may have asked
+        # for it counts on its queue not growing meanwhile.
+        self._writeDisconnected = True
+        super().abortConnection()
 
     def writeSomeData(self, data: bytes) -> Any:
         if not data:
@@ -187,9 +219,17 @@ class GuardedServer(tcp.Server):
 
     def doWrite(self) -> Any:
         result = super().doWrite()
-        if self._readPausedByGuard and self.pendingBytes() <= self.maxWriteBuffer // 2:
+        pending = self.pendingBytes()
+        budget = self.budget
+        budget.queued += pending - self.queuedCounted
+        self.queuedCounted = pending
+        if self._readPausedByGuard and pending <= (
+            budget.markFor(self.maxWriteBuffer) // 2
+        ):
             self._readPausedByGuard = False
             self._maybeResumeReading()
+        if budget.state != NORMAL:
+            budget.relieved()
         return result
 
     def _maybeResumeReading(self) -> None:
@@ -245,7 +285,29 @@ class GuardedServer(tcp.Server):
             # all the same; say which protocol, as for its other methods.
             self.guard.protocolFailed("connectionLost", self.getPeer())
         finally:
+            budget = self.budget
+            budget.queued -= self.queuedCounted
+            self.queuedCounted = 0
+            if budget.state != NORMAL:
+                budget.relieved()
             self.guard.closed(self, reason)
+
+
+class _GuardedCiphertext:
+    """
+    What Twisted's TLS layer sends through once a protocol has called
+    C{startTLS} (its "bypass" base, whose methods it calls with the
+    connection): the guarded path a plaintext connection writes through.
+    """
+
+    write = GuardedServer.write
+    loseConnection = abstract.FileDescriptor.loseConnection
+    registerProducer = abstract.FileDescriptor.registerProducer
+    unregisterProducer = abstract.FileDescriptor.unregisterProducer
+
+    @staticmethod
+    def writeSequence(connection: GuardedServer, iovec: Any) -> None:
+        GuardedServer.write(connection, b"".join(iovec))
 
 
 class GuardedUNIXServer(GuardedServer, unix.Server):

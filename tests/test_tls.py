@@ -13,6 +13,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 
 from twisted.trial.unittest import TestCase
 
@@ -48,6 +49,20 @@ def makePair(directory: str, name: str) -> tuple[str, str]:
 def der(path: str) -> bytes:
     with open(path) as f:
         return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def clientHello() -> bytes:
+    """
+    The bytes of a real TLS ClientHello, from Python's ssl module.
+    """
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
 
 
 @processTest
@@ -106,6 +121,59 @@ class TLSTests(TestCase):
             payload = os.urandom(1 << 20)
             self.assertEqual(self.echo(sock, payload), payload)
         self.assertEqual(server.stop(), 0)
+        assertNoTraceback(self, server.output)
+
+    def test_drippedHandshakeHeldToDeadline(self) -> None:
+        """
+        Clients that drip a ClientHello one byte at a time are closed at
+        handshake_timeout after accept, however steadily they send, while
+        the idle timeout, reset by every byte, would never fire; a normal
+        client is served meanwhile.
+        """
+        server = ServerProcess(
+            "--listen",
+            f"tlsreload:0:certKey={self.cert}:privateKey={self.key}"
+            ":interface=127.0.0.1",
+            "--handshake-timeout",
+            "2",
+            "--idle-timeout",
+            "60",
+        ).start()
+        self.addCleanup(server.kill)
+        hello = clientHello()
+        drippers = [
+            socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            for _ in range(10)
+        ]
+        started = time.monotonic()
+        closedAt: dict[int, float] = {}
+        sent = 0
+        while len(closedAt) < len(drippers) and time.monotonic() - started < 8:
+            for index, sock in enumerate(drippers):
+                if index in closedAt:
+                    continue
+                try:
+                    sock.send(hello[sent % len(hello) : sent % len(hello) + 1])
+                    sock.settimeout(0.02)
+                    if sock.recv(1) == b"":
+                        closedAt[index] = time.monotonic() - started
+                except TimeoutError:
+                    pass
+                except OSError:
+                    closedAt[index] = time.monotonic() - started
+            sent += 1
+            time.sleep(0.2)
+        for sock in drippers:
+            sock.close()
+        self.assertEqual(len(closedAt), 10, "some drippers were never closed")
+        # The deadline (2 s), plus one sweep (0.5 s), plus slack for a busy
+        # machine; never before the deadline.
+        self.assertGreaterEqual(min(closedAt.values()), 1.9)
+        self.assertLess(max(closedAt.values()), 2 + 0.5 + 2)
+        with self.client(server.port) as sock:
+            self.assertEqual(self.echo(sock, b"after"), b"after")
+        self.assertEqual(server.stop(), 0)
+        self.assertIn("handshake not finished within 2s", server.output)
         assertNoTraceback(self, server.output)
 
     def test_openssl(self) -> None:

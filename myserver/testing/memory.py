@@ -32,13 +32,14 @@ from twisted.python.failure import Failure
 
 from myserver.accepting import AcceptGate
 from myserver.admission import Admission
+from myserver.budget import OutputBudget
 from myserver.errors import ConfigError
 from myserver.plugins import discover
 from myserver.policy import Guard
 from myserver.ports import GuardedTCPPort
 from myserver.registry import ConnectionRegistry
 from myserver.service import ServerService
-from myserver.settings import Config, parseDuration, parseSize
+from myserver.settings import Config, parseBudget, parseDuration, parseSize
 from myserver.transport import GuardedServer
 
 
@@ -108,7 +109,12 @@ def _settings(values: Mapping[str, Any]) -> dict[str, Any]:
     The guard's settings from the configuration's names and spellings
     (C{max_write_buffer="64KiB"}, C{idle_timeout="5s"}), defaults filled in.
     """
-    unknown = set(values) - {"max_write_buffer", "idle_timeout", "max_connections"}
+    unknown = set(values) - {
+        "max_write_buffer",
+        "idle_timeout",
+        "max_connections",
+        "handshake_timeout",
+    }
     if unknown:
         raise ConfigError(f"not a per-connection setting: {sorted(unknown)[0]}")
     return {
@@ -117,6 +123,7 @@ def _settings(values: Mapping[str, Any]) -> dict[str, Any]:
         ),
         "idleTimeout": parseDuration(values.get("idle_timeout", 0)),
         "maxConnections": int(values.get("max_connections", 0)),
+        "handshakeTimeout": parseDuration(values.get("handshake_timeout", 0)),
     }
 
 
@@ -128,6 +135,7 @@ class MemoryServer:
     @ivar guard: the listener's L{Guard} (its counts: C{rejected},
         C{idleClosed}, C{connections}).
     @ivar registry: the server's connection registry.
+    @ivar budget: the server's output budget (C{max_buffered}).
     """
 
     def __init__(
@@ -136,24 +144,29 @@ class MemoryServer:
         *,
         protocolName: str = "test",
         socketBuffer: int = 64 * 1024,
+        max_buffered: int | str = 0,
         **settings: Any,
     ) -> None:
         """
-        @param settings: C{max_write_buffer}, C{idle_timeout} (off unless
-            given) and C{max_connections}, spelled as in the configuration.
+        @param settings: C{max_write_buffer}, C{idle_timeout} and
+            C{handshake_timeout} (off unless given) and C{max_connections},
+            spelled as in the configuration.
+        @param max_buffered: the server's output budget (off unless given).
         @param socketBuffer: how many bytes the kernel takes for a client
             that does not read.
         """
         self.reactor = MemoryReactorClock()
         self.socketBuffer = socketBuffer
         self.registry = ConnectionRegistry()
-        self.gate = AcceptGate(self.registry, Config.max_connections)
+        self.budget = OutputBudget(self.registry, parseBudget(max_buffered))
+        self.gate = AcceptGate(self.registry, Config.max_connections, self.budget)
         self.guard = Guard(
             self.registry,
             self.gate,
             self.reactor,
             protocolName=protocolName,
             admission=Admission(),
+            budget=self.budget,
             **_settings(settings),
         )
         self._port = GuardedTCPPort(0, factory, reactor=self.reactor)
