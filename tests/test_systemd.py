@@ -7,6 +7,7 @@ and dropping privileges with twistd's --uid/--gid after binding a low port.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import TestCase
 
+from myserver.endpoints import passedSockets
 from tests.support import (
     ServerProcess,
     assertNoTraceback,
@@ -56,50 +58,139 @@ def freePort(low: int = 0) -> int:
 
 @processTest
 class SocketActivationTests(TestCase):
-    def test_adoptsInheritedSocket(self) -> None:
+    def activate(
+        self, endpoint: str, *fdname: str
+    ) -> tuple[subprocess.Popen[str], int]:
         """
-        systemd-socket-activate binds the port and starts the server on the
-        first client; the server adopts the socket (systemd:domain=INET:
-        index=0) and serves that client and the next ones.
+        Start the server under systemd-socket-activate on a free port, with
+        C{--listen endpoint} and the activator's options C{fdname}.
         """
         activate = need("systemd-socket-activate")
         port = freePort()
-        with tempfile.TemporaryDirectory() as scratch:
-            process = subprocess.Popen(
-                [
-                    activate,
-                    "-l",
-                    f"127.0.0.1:{port}",
-                    # Real systemd names every socket (LISTEN_FDNAMES), and
-                    # Twisted insists on it; the test tool only does if told.
-                    "--fdname=echo",
-                    *myserverCommand("--listen", "systemd:domain=INET:index=0"),
-                ],
-                cwd=scratch,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            self.addCleanup(process.kill)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    echoed = echoOnce(port, b"socket activated", timeout=30)
-                    break
-                except ConnectionRefusedError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            self.assertEqual(echoed, b"socket activated")
-            self.assertEqual(echoOnce(port, b"and again"), b"and again")
-            process.send_signal(signal.SIGTERM)
-            output, _ = process.communicate(timeout=30)
-        self.assertEqual(process.returncode, 0, output)
-        self.assertIn(
-            f"echo listening on tcp:127.0.0.1:{port} (systemd:domain=INET:index=0)",
-            output,
+        scratch = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, scratch, True)
+        process = subprocess.Popen(
+            [
+                activate,
+                "-l",
+                f"127.0.0.1:{port}",
+                *fdname,
+                *myserverCommand("--listen", endpoint),
+            ],
+            cwd=scratch,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        assertNoTraceback(self, output)
+        self.addCleanup(process.kill)
+        return process, port
+
+    def assertServesThenStops(
+        self, process: subprocess.Popen[str], port: int, endpoint: str
+    ) -> None:
+        """
+        The first client starts the server, which echoes to it and the next
+        one, then drains and exits 0 on SIGTERM.
+        """
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                echoed = echoOnce(port, b"socket activated", timeout=30)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.assertEqual(echoed, b"socket activated")
+        self.assertEqual(echoOnce(port, b"and again"), b"and again")
+        process.send_signal(signal.SIGTERM)
+        output, errors = process.communicate(timeout=30)
+        self.assertEqual(process.returncode, 0, output + errors)
+        self.assertIn(f"echo listening on tcp:127.0.0.1:{port} ({endpoint})", output)
+        assertNoTraceback(self, output + errors)
+
+    def assertRefused(self, process: subprocess.Popen[str], port: int) -> str:
+        """
+        The first client starts the server, which closes it unanswered (the
+        socket goes when the server exits) and exits 2 with one line on
+        stderr (after the activator's own lines); that line is returned.
+        """
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=30)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        with client:
+            try:
+                answer = client.recv(1)
+            except ConnectionResetError:
+                answer = b""
+            self.assertEqual(answer, b"")
+        output, errors = process.communicate(timeout=30)
+        self.assertEqual(process.returncode, 2, output + errors)
+        ours = [line for line in errors.splitlines() if line.startswith("myserver")]
+        self.assertEqual(len(ours), 1, errors)
+        assertNoTraceback(self, output + errors)
+        return ours[0]
+
+    def test_adoptsInheritedSocket(self) -> None:
+        """
+        systemd-socket-activate binds the port and starts the server on the
+        first client; the server adopts the named socket (systemd:domain=
+        INET:index=0, with LISTEN_FDNAMES as real systemd sets it) and serves
+        that client and the next ones.
+        """
+        endpoint = "systemd:domain=INET:index=0"
+        process, port = self.activate(endpoint, "--fdname=echo")
+        self.assertServesThenStops(process, port, endpoint)
+
+    def test_adoptsUnnamedSocketByIndex(self) -> None:
+        """
+        Without --fdname the activator sets no LISTEN_FDNAMES (as systemd
+        before 227 and other socket-passing tools): Twisted alone keeps no
+        descriptor then, but myserver adopts the socket by its index.
+        """
+        endpoint = "systemd:domain=INET:index=0"
+        process, port = self.activate(endpoint)
+        self.assertServesThenStops(process, port, endpoint)
+
+    def test_wrongIndex(self) -> None:
+        """
+        An index beyond the sockets passed is one line naming LISTEN_FDS,
+        and exit status 2.
+        """
+        process, port = self.activate("systemd:domain=INET:index=1")
+        self.assertEqual(
+            self.assertRefused(process, port),
+            "myserver: error: --listen: invalid endpoint "
+            "'systemd:domain=INET:index=1': index 1 is out of range: "
+            "LISTEN_FDS=1 passes 1 socket",
+        )
+
+    def test_noSocketPassed(self) -> None:
+        """
+        Started with no socket passed at all, a systemd: listener is one
+        line naming the missing LISTEN_FDS, and exit status 2.
+        """
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+        result = subprocess.run(
+            myserverCommand("--listen", "haproxy:systemd:domain=INET:index=0"),
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertEqual(
+            result.stderr,
+            "myserver: error: --listen: invalid endpoint "
+            "'haproxy:systemd:domain=INET:index=0': no socket was passed to "
+            "this process: LISTEN_FDS is not set\n",
+        )
 
 
 @processTest
@@ -168,3 +259,61 @@ class PrivilegeTests(TestCase):
             self.assertEqual(uids.split()[1:], [str(nobody)] * 4)
             self.assertEqual(server.stop(), 0)
         assertNoTraceback(self, server.output)
+
+
+class PassedSocketsTests(TestCase):
+    """
+    L{passedSockets} reads the socket-passing variables as libsystemd does.
+    """
+
+    def test_unnamedByIndex(self) -> None:
+        """
+        Without LISTEN_FDNAMES the sockets are passed all the same, each
+        named C{unknown}; only a lookup by name fails, naming the variable.
+        """
+        passed = passedSockets({"LISTEN_FDS": "2", "LISTEN_PID": "7"}, 7)
+        self.assertEqual(passed.descriptors, (3, 4))
+        self.assertEqual(passed.names, ("unknown", "unknown"))
+        self.assertIsNone(passed.missing(1, None))
+        self.assertEqual(
+            passed.missing(2, None),
+            "index 2 is out of range: LISTEN_FDS=2 passes 2 sockets",
+        )
+        self.assertEqual(
+            passed.missing(None, "echo"),
+            "no socket named 'echo': LISTEN_FDNAMES is not set (use index=)",
+        )
+
+    def test_named(self) -> None:
+        passed = passedSockets(
+            {"LISTEN_FDS": "1", "LISTEN_PID": "7", "LISTEN_FDNAMES": "echo"}, 7
+        )
+        self.assertIsNone(passed.missing(None, "echo"))
+        self.assertEqual(
+            passed.missing(None, "web"), "no socket named 'web' (LISTEN_FDNAMES=echo)"
+        )
+
+    def test_problems(self) -> None:
+        """
+        Each way of passing nothing names the variable at fault.
+        """
+        for environ, problem in [
+            ({}, "LISTEN_FDS is not set"),
+            ({"LISTEN_FDS": "x", "LISTEN_PID": "7"}, "LISTEN_FDS='x' is not a number"),
+            ({"LISTEN_FDS": "1"}, "LISTEN_PID is not set"),
+            (
+                {"LISTEN_FDS": "1", "LISTEN_PID": "8"},
+                "LISTEN_PID=8 is not this process (pid 7)",
+            ),
+            ({"LISTEN_FDS": "0", "LISTEN_PID": "7"}, "LISTEN_FDS=0"),
+            (
+                {"LISTEN_FDS": "1", "LISTEN_PID": "7", "LISTEN_FDNAMES": "a:b"},
+                "LISTEN_FDNAMES names 2 sockets but LISTEN_FDS=1",
+            ),
+        ]:
+            passed = passedSockets(environ, 7)
+            self.assertEqual(passed.descriptors, ())
+            self.assertEqual(
+                passed.missing(0, None),
+                f"no socket was passed to this process: {problem}",
+            )

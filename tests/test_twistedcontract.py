@@ -4,11 +4,11 @@ still exists, with the kind expected, and the upstream code myserver's
 reactor copied is still the code it was copied from.
 
 These are the names listed at the top of L{myserver.transport},
-L{myserver.ports}, L{myserver.proxy}, L{myserver.reactor} and
-L{myserver.listening}.  When a Twisted upgrade makes one of these tests
-fail, the message names what to re-check; nothing else in the suite would
-fail as clearly (a renamed internal can turn into silently different
-behaviour instead of an error).
+L{myserver.ports}, L{myserver.proxy}, L{myserver.reactor},
+L{myserver.listening} and L{myserver.endpoints}.  When a Twisted upgrade
+makes one of these tests fail, the message names what to re-check; nothing
+else in the suite would fail as clearly (a renamed internal can turn into
+silently different behaviour instead of an error).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import types
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import abstract, epollreactor, tcp, unix
+from twisted.internet import abstract, endpoints, epollreactor, tcp, unix
 from twisted.protocols.haproxy import _exceptions, _v1parser, _v2parser, _wrapper
+from twisted.python import systemd
 from twisted.trial.unittest import TestCase
 
 # sha256 of inspect.getsource(EPollReactor.doPoll) in the Twisted versions
@@ -105,6 +106,18 @@ class PrivateNamesTests(ContractTestCase):
         wrapper = _wrapper.HAProxyProtocolWrapper(None, None)  # type: ignore[arg-type]
         self.assertIsNone(wrapper._proxyInfo, user)
         self.assertIsNone(wrapper._parser, user)
+
+    def test_systemdParser(self) -> None:
+        """
+        The lookup table of Twisted's C{systemd:} parser, which
+        L{myserver.endpoints} fills in when Twisted kept no descriptor.
+        """
+        self.assertIsInstance(
+            endpoints._SystemdParser._sddaemon,
+            systemd.ListenFDs,
+            "twisted.internet.endpoints._SystemdParser._sddaemon: re-check "
+            "myserver.endpoints (_adoptPassedSockets)",
+        )
 
     def test_endpointService(self) -> None:
         """
