@@ -20,8 +20,9 @@ import types
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import abstract, endpoints, epollreactor, tcp, unix
+from twisted.internet import _newtls, abstract, endpoints, epollreactor, tcp, unix
 from twisted.protocols.haproxy import _exceptions, _v1parser, _v2parser, _wrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python import systemd
 from twisted.trial.unittest import TestCase
 
@@ -75,6 +76,28 @@ class PrivateNamesTests(ContractTestCase):
         self.assertKind(tcp.Port, "_fromListeningDescriptor", classmethod, user)
         self.assertKind(unix.Port, "_fromListeningDescriptor", classmethod, user)
         self.assertEqual(tcp.Port.addressFamily, socket.AF_INET, user)
+
+    def test_startTLS(self) -> None:
+        """
+        The function Twisted's C{startTLS} calls, which takes the base class
+        the TLS layer sends its ciphertext through, and the flag that says
+        a TLS layer's handshake is over.
+        """
+        user = "myserver.transport (GuardedServer.startTLS)"
+        self.assertKind(_newtls, "startTLS", types.FunctionType, user)
+        self.assertEqual(
+            list(inspect.signature(_newtls.startTLS).parameters),
+            ["transport", "contextFactory", "normal", "bypass"],
+            user,
+        )
+        source = inspect.getsource(_newtls.ConnectionMixin.startTLS)
+        self.assertIn("startTLS(self, ctx, normal, FileDescriptor)", source, user)
+        self.assertIs(TLSMemoryBIOProtocol._handshakeDone, False, "myserver.tls")
+        self.assertIn(
+            "self._handshakeDone = True",
+            inspect.getsource(TLSMemoryBIOProtocol),
+            "myserver.tls (TimedHandshakeTLS)",
+        )
 
     def test_descriptorReserve(self) -> None:
         """
