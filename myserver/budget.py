@@ -10,9 +10,10 @@ C{maxmemory-clients}, with the thresholds fixed as fractions of the budget:
 
   - below half of it, each connection's own mark applies;
   - from half of it up to the budget (I{pressure}), every connection's mark
-    shrinks in proportion to the room left, down to L{MARK_FLOOR}: reading
-    pauses earlier, and the largest queues pause first because they cross
-    the shrinking mark first;
+    shrinks in proportion to the room left, and to at most half of a fair
+    share of the budget, down to L{MARK_FLOOR}: reading (and a registered
+    producer) pauses earlier, and the largest queues pause first because
+    they cross the shrinking mark first;
   - at the budget (I{overloaded}), the marks are at the floor, every
     connection reads in pieces of L{OVERLOADED_READ_SIZE} instead of 64 KiB
     (so that one read past a mark adds little), and the ports stop
@@ -141,7 +142,10 @@ class OutputBudget:
     def markFor(self, mark: int) -> int:
         """
         A connection's mark under the current total: its own below the
-        pressure threshold, then shrinking in proportion to the room left.
+        pressure threshold; then the smaller of its own shrunk in proportion
+        to the room left and half of a fair share of the budget (so that
+        many connections with small queues, such as push producers paused
+        at 64 KiB, stay under it too), never below L{MARK_FLOOR}.
         """
         queued = self.queued
         if queued <= self.pressureAbove:
@@ -150,7 +154,8 @@ class OutputBudget:
         if room <= 0:
             return min(mark, MARK_FLOOR)
         shrunk = mark * room // (self.limit - self.pressureAbove)
-        return min(mark, max(MARK_FLOOR, shrunk))
+        fairShare = self.limit // (2 * max(1, len(self.registry)))
+        return min(mark, max(MARK_FLOOR, min(shrunk, fairShare)))
 
     def relieved(self) -> None:
         """

@@ -65,6 +65,10 @@ class BudgetTests(TestCase):
         self.assertEqual(budget.markFor(MiB), MiB)
         budget.queued = 48 * MiB
         self.assertEqual(budget.markFor(MiB), MiB // 2)
+        # A thousand open connections: half a fair share each.
+        budget.registry.connections.update(object() for _ in range(1000))
+        self.assertEqual(budget.markFor(MiB), 64 * MiB // 2000)
+        budget.registry.connections.clear()
         budget.queued = 64 * MiB
         self.assertEqual(budget.markFor(MiB), MARK_FLOOR)
         self.assertEqual(budget.markFor(4 * KiB), 4 * KiB)
