@@ -37,6 +37,7 @@ from myserver.errors import ConfigError
 from myserver.plugins import discover
 from myserver.policy import Guard
 from myserver.ports import GuardedTCPPort
+from myserver.proxy import GuardedProxyFactory
 from myserver.registry import ConnectionRegistry
 from myserver.service import ServerService
 from myserver.settings import Config, parseBudget, parseDuration, parseSize
@@ -145,6 +146,7 @@ class MemoryServer:
         protocolName: str = "test",
         socketBuffer: int = 64 * 1024,
         max_buffered: int | str = 0,
+        proxied: bool = False,
         **settings: Any,
     ) -> None:
         """
@@ -152,6 +154,8 @@ class MemoryServer:
             C{handshake_timeout} (off unless given) and C{max_connections},
             spelled as in the configuration.
         @param max_buffered: the server's output budget (off unless given).
+        @param proxied: serve behind the PROXY protocol, as a C{haproxy:}
+            listener does: each client must send a v1 or v2 header first.
         @param socketBuffer: how many bytes the kernel takes for a client
             that does not read.
         """
@@ -169,8 +173,11 @@ class MemoryServer:
             budget=self.budget,
             **_settings(settings),
         )
+        if proxied:
+            factory = GuardedProxyFactory(factory, self.guard)
         self._port = GuardedTCPPort(0, factory, reactor=self.reactor)
         self._port.guard = self.guard
+        self._port.proxied = proxied
         self.server = ServerService(
             self.registry, self.gate, 0.0, self.reactor, [self.guard]
         )
