@@ -16,8 +16,12 @@ import tempfile
 from collections.abc import Callable
 from typing import TypeVar
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
+from myserver.service import StopOnSignals
+from myserver.workers import SupervisorWatch
 from tests.support import (
     ServerProcess,
     assertNoTraceback,
@@ -387,3 +391,67 @@ class TLSWorkerTests(TestCase):
             sock.close()
         self.assertEqual(server.stop(), 0)
         assertNoTraceback(self, server.output)
+
+
+class _Reactor:
+    stops = 0
+
+    def stop(self) -> None:
+        self.stops += 1
+
+
+class _Server:
+    aborts = 0
+
+    def abortAll(self) -> None:
+        self.aborts += 1
+
+
+class StopWithoutSignalTests(TestCase):
+    """
+    How a worker whose supervisor is gone stops: the drain a SIGTERM
+    begins, begun once, and not ended by the SIGTERM Linux then sends.
+    """
+
+    def test_stopOnce(self) -> None:
+        fake, server = _Reactor(), _Server()
+        stopper = StopOnSignals(fake, server)  # type: ignore[arg-type]
+        stopper.stop("the supervisor (pid 1) is gone")
+        stopper.stop("the supervisor (pid 1) is gone")
+        self.assertEqual(fake.stops, 1)
+        # The parent-death SIGTERM: nothing more.
+        stopper._handle("SIGTERM")
+        self.assertEqual((fake.stops, server.aborts), (1, 0))
+        # An operator's: the drain ends.
+        stopper._handle("SIGTERM")
+        self.assertEqual((fake.stops, server.aborts), (1, 1))
+
+    def test_signalThenStop(self) -> None:
+        """
+        A SIGTERM first: the supervisor's end changes nothing; a second
+        signal still ends the drain.
+        """
+        fake, server = _Reactor(), _Server()
+        stopper = StopOnSignals(fake, server)  # type: ignore[arg-type]
+        stopper._handle("SIGTERM")
+        stopper.stop("the supervisor (pid 1) is gone")
+        self.assertEqual((fake.stops, server.aborts), (1, 0))
+        stopper._handle("SIGTERM")
+        self.assertEqual(server.aborts, 1)
+
+    def test_pipeEnd(self) -> Deferred[None]:
+        """
+        The watch calls C{stop} when the write end of its pipe closes, and
+        not before.
+        """
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        stopped: Deferred[str] = Deferred()
+        watch = SupervisorWatch(reactor, stopped.callback, 4321, readEnd)
+        watch.startService()
+        self.addCleanup(watch.stopService)
+        self.assertFalse(stopped.called)
+        os.close(writeEnd)
+        return stopped.addCallback(
+            self.assertEqual, "the supervisor (pid 4321) is gone"
+        )
