@@ -198,14 +198,6 @@ def load(
         resolved.append(
             Listener(listener.endpoint, name, listener.options, listener.settings)
         )
-    workers = values.get("workers", Config.workers)
-    for listener in resolved:
-        kind = listener.endpoint.removeprefix("haproxy:").split(":", 1)[0].lower()
-        if workers > 1 and kind in ("ssl", "tls", "tlsreload"):
-            raise ConfigError(
-                f"{sources['workers']}: TLS listeners ({listener.endpoint}) are "
-                "served with workers = 1 only"
-            )
     sources["config"] = (
         "--config" if cli.get("config") else "MYSERVER_CONFIG" if path else "default"
     )

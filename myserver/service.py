@@ -256,13 +256,15 @@ class StopOnSignals(Service):
     asking twistd to re-raise the signal at exit: the process ends with
     status 0, as gunicorn, uvicorn and HAProxy do.  A second signal during
     the drain aborts what is left at once.  SIGHUP reloads (see
-    L{ServerService.reload}).
+    L{ServerService.reload}).  L{stop} begins the same drain without a
+    signal.
     """
 
     def __init__(self, reactor: Any, server: ServerService) -> None:
         self.reactor = reactor
         self.server = server
         self._received = 0
+        self._stopping = False
 
     def privilegedStartService(self) -> None:
         # Handle signals before any listener starts (a SIGHUP's default
@@ -291,9 +293,25 @@ class StopOnSignals(Service):
             self.server.reload()
             return
         self._received += 1
-        if self._received == 1:
+        if not self._stopping:
+            self._stopping = True
             log.info("received {signal}: stopping", signal=name)
             self.reactor.stop()
+        elif self._received == 1:
+            # The drain began without a signal (a worker whose supervisor
+            # is gone, where Linux also sends this SIGTERM): this one asks
+            # for what is already happening; the next ends the drain.
+            log.info("received {signal}: already stopping", signal=name)
         else:
             log.warn("received {signal} again: ending the drain now", signal=name)
             self.server.abortAll()
+
+    def stop(self, reason: str) -> None:
+        """
+        Stop exactly as the first SIGTERM does, for a reason that is not a
+        signal (a worker's supervisor is gone); once, whatever asks again.
+        """
+        if not self._stopping:
+            self._stopping = True
+            log.info("{reason}: stopping", reason=reason)
+            self.reactor.stop()

@@ -43,7 +43,7 @@ from myserver.reload import Reconfigure, admissionFor, listenerSetting
 from myserver.render import render
 from myserver.service import ListenerService, ServerService, StopOnSignals, log
 from myserver.settings import SETTINGS, Config, Listener, tomlValue
-from myserver.workers import WorkerSupervisor
+from myserver.workers import SUPERVISOR_PID, SupervisorWatch, WorkerSupervisor
 
 # Repeatable options, spelled with opt_ methods.
 _LISTS = ("allow", "deny")
@@ -364,7 +364,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         # Under twistd (or twist): own SIGTERM/SIGINT (so that a drain exits
         # with 0) and SIGHUP; first, so that they are handled before
         # anything else starts.
-        StopOnSignals(reactor, server).setServiceParent(root)
+        stopper = StopOnSignals(reactor, server)
+        stopper.setServiceParent(root)
+        supervisorPid = options.environ.get(SUPERVISOR_PID)
+        if supervisorPid is not None:
+            # A worker: it stops when its supervisor is gone.
+            watch = SupervisorWatch(reactor, stopper.stop, int(supervisorPid))
+            watch.setServiceParent(root)
     if config.admin is not None:
         datagrams = [t for _, t in targets if not isinstance(t, Guard)]
         site = adminSite(server, datagrams, reactor, supervisor)

@@ -22,7 +22,18 @@ C{ceil(max_connections / N)} and C{ceil(max_connections_per_ip / N)}.
 A worker is C{python -m myserver.worker CONFIG} (L{myserver.worker}): myserver
 run by twistd with the configuration the parent rendered for it, its listeners spelled
 C{systemd:domain=...:index=K} (the systemd socket-passing convention, so
-Twisted's own endpoint adopts them) with any C{haproxy:} prefix kept.
+Twisted's own endpoint adopts them) with any C{haproxy:} prefix kept.  TLS
+listeners (C{ssl:}, C{tlsreload:}) are spelled C{inherited:domain=...:index=K:}
+before their own endpoint string: each worker reads the certificate files
+and builds its TLS context itself (and again on the SIGHUP the parent
+forwards), and serves it on the socket it inherited.
+
+A worker dies with its supervisor, however the supervisor ends (SIGKILL
+from the OOM killer included): its standard input is a pipe from the
+supervisor, and the end of that pipe (L{SupervisorWatch}) stops the worker
+exactly as SIGTERM does (it stops accepting at once and drains for
+C{shutdown_timeout}).  On Linux the worker also asks the kernel for a
+SIGTERM when its parent dies (L{myserver.worker}).
 """
 
 from __future__ import annotations
@@ -34,18 +45,26 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import fdesc
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import (
+    quoteStringArgument,
+    serverFromString,
+)
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
-from myserver.errors import CannotListen, ConfigError
+from myserver.errors import CannotListen
 from myserver.ports import backlogFor
 from myserver.reactor import reactorName
 from myserver.render import render
@@ -55,6 +74,11 @@ log = Logger(namespace="myserver.workers")
 
 _FAMILIES = {socket.AF_INET: "INET", socket.AF_INET6: "INET6", socket.AF_UNIX: "UNIX"}
 _FIRST_FD = 3
+_DOMAINS = {name: family for family, name in _FAMILIES.items()}
+# Endpoint kinds whose every worker builds its own TLS context.
+_TLS_KINDS = ("ssl", "tlsreload")
+# The supervisor's pid, in a worker's environment.
+SUPERVISOR_PID = "MYSERVER_SUPERVISOR"
 
 
 class BoundSockets:
@@ -124,8 +148,16 @@ class BindingReactor:
         self.bound.append(sock)
         return _Bound(self.bound)
 
-    def listenSSL(self, *args: Any, **kwargs: Any) -> Any:
-        raise ConfigError("TLS listeners are served with workers = 1 only")
+    def listenSSL(
+        self,
+        port: int,
+        factory: Any,
+        contextFactory: Any,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> Any:
+        # The same sockets as plain TCP: TLS happens in the workers.
+        return self.listenTCP(port, factory, backlog, interface)
 
 
 class _Bound:
@@ -156,9 +188,80 @@ def workerEndpoint(listener: Listener, index: int, sock: socket.socket) -> str:
     The endpoint string by which a worker adopts its socket number C{index}.
     """
     adopted = f"systemd:domain={_FAMILIES[sock.family]}:index={index}"
-    if listener.endpoint.split(":", 1)[0].lower() == "haproxy":
-        return "haproxy:" + adopted
-    return adopted
+    proxied, own = "", listener.endpoint
+    if own.split(":", 1)[0].lower() == "haproxy":
+        proxied, own = "haproxy:", own.split(":", 1)[1]
+    if own.split(":", 1)[0].lower() in _TLS_KINDS:
+        adopted = f"inherited:domain={_FAMILIES[sock.family]}:index={index}:{own}"
+    return proxied + adopted
+
+
+class AdoptingReactor:
+    """
+    A reactor for C{serverFromString} in a worker: an endpoint that would
+    listen on a TCP port (C{ssl:}, C{tlsreload:}) serves the inherited
+    listening socket instead, through the reactor given (a
+    L{myserver.ports.GuardingReactor}).  Everything else is that reactor's,
+    so the endpoint reads its files and builds its TLS context as it does
+    in one process.
+    """
+
+    def __init__(self, reactor: Any, fileDescriptor: int, family: int) -> None:
+        self._reactor = reactor
+        self._fileDescriptor = fileDescriptor
+        self._family = family
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+    def listenTCP(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> IListeningPort:
+        # As Twisted's adopted endpoint does: the port holds a duplicate.
+        fdesc.setNonBlocking(self._fileDescriptor)
+        listening: IListeningPort = self._reactor.adoptStreamPort(
+            self._fileDescriptor, self._family, factory
+        )
+        os.close(self._fileDescriptor)
+        return listening
+
+    def listenSSL(
+        self,
+        port: int,
+        factory: IProtocolFactory,
+        contextFactory: Any,
+        backlog: int = 50,
+        interface: str = "",
+    ) -> IListeningPort:
+        tlsFactory = TLSMemoryBIOFactory(contextFactory, False, factory)
+        return self.listenTCP(port, tlsFactory, backlog, interface)
+
+
+def parseInherited(
+    reactor: Any, *args: str, domain: str = "INET", index: str = "0", **kwargs: str
+) -> Any:
+    """
+    C{inherited:domain=INET:index=K:ENDPOINT}: ENDPOINT (a TLS endpoint
+    string) served on the listening socket a worker inherited as
+    descriptor C{3 + K}.
+
+    @raise ValueError: for a domain or an index that is not one.
+    """
+    if domain not in _DOMAINS or not index.isdecimal():
+        raise ValueError(
+            f"inherited: domain={domain} index={index}: expected "
+            "domain=INET, INET6 or UNIX and a socket's index"
+        )
+    own = ":".join(
+        [quoteStringArgument(arg) for arg in args]
+        + [f"{key}={quoteStringArgument(value)}" for key, value in kwargs.items()]
+    )
+    adopting = AdoptingReactor(reactor, _FIRST_FD + int(index), _DOMAINS[domain])
+    return serverFromString(adopting, own)
 
 
 def workerConfig(config: Config, endpoints: list[str], workers: int) -> str:
@@ -265,11 +368,14 @@ class WorkerSupervisor(Service):
 
     def _spawn(self, index: int) -> None:
         worker = Worker(self, index)
+        # Standard input is a pipe from here: its end tells the worker
+        # that the supervisor is gone (SupervisorWatch).
         childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2}
         for position, bound in enumerate(self.bound):
             childFDs[_FIRST_FD + position] = bound.forWorker(index).fileno()
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MYSERVER_")}
         environ["MYSERVER_WORKER"] = str(index)
+        environ[SUPERVISOR_PID] = str(os.getpid())
         # Each worker answers its own metrics on a private socket, which the
         # parent's admin endpoint reads and sums.
         environ["MYSERVER_ADMIN"] = "unix:" + self.adminSocket(index)
@@ -345,6 +451,67 @@ class WorkerSupervisor(Service):
 
         done = DeferredList(waiting) if waiting else succeed([])
         return done.addCallback(finished)
+
+
+class _SupervisorPipe(FileDescriptor):
+    """
+    The read end of the pipe from the supervisor: nothing is ever written
+    to it, so readable means closed, and the supervisor gone.
+    """
+
+    def __init__(
+        self, reactor: Any, fileDescriptor: int, whenClosed: Callable[[], None]
+    ) -> None:
+        super().__init__(reactor)
+        self._fileDescriptor = fileDescriptor
+        self._whenClosed = whenClosed
+        fdesc.setNonBlocking(fileDescriptor)
+
+    def fileno(self) -> int:
+        return self._fileDescriptor
+
+    def doRead(self) -> Any:
+        return fdesc.readFromFD(self._fileDescriptor, lambda data: None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._whenClosed()
+
+
+class SupervisorWatch(Service):
+    """
+    In a worker: stop when the supervisor is gone, however it ended.
+
+    The supervisor holds the write end of the worker's standard input,
+    and the kernel closes it when the supervisor ends, SIGKILL included:
+    portable, and noticed at the next reactor turn.  Stopping is the
+    server's own, as on SIGTERM (C{stop}).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        stop: Callable[[str], None],
+        supervisor: int,
+        fileDescriptor: int = 0,
+    ) -> None:
+        self.reactor = reactor
+        self._stop = stop
+        self.supervisor = supervisor
+        self._pipe = _SupervisorPipe(reactor, fileDescriptor, self._gone)
+
+    def startService(self) -> None:
+        super().startService()
+        self.reactor.addReader(self._pipe)
+
+    def stopService(self) -> None:
+        super().stopService()
+        # Stopping already: the pipe's end no longer matters.
+        self.reactor.removeReader(self._pipe)
+
+    def _gone(self) -> None:
+        if self.running:
+            self._stop(f"the supervisor (pid {self.supervisor}) is gone")
 
 
 def _describe(sock: socket.socket) -> str:

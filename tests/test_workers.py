@@ -1,24 +1,36 @@
 """
 Several worker processes serving the same listeners: the spread of
-connections, supervision, graceful stop, reload, and the per-worker split of
-the limits.
+connections, supervision, graceful stop, reload, the per-worker split of
+the limits, workers that die with their supervisor, and TLS in workers.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
+import ssl
+import tempfile
+from collections.abc import Callable
+from typing import TypeVar
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
+from myserver.service import StopOnSignals
+from myserver.workers import SupervisorWatch
 from tests.support import (
     ServerProcess,
     assertNoTraceback,
     echoOnce,
+    isOpen,
     manyEchoes,
     processTest,
+    requireTool,
+    waitUntil,
 )
 
 STARTED = re.compile(r"worker (\d+) started \(pid (\d+)\)")
@@ -37,6 +49,48 @@ def workerPids(server: ServerProcess, count: int) -> dict[int, int]:
         if match:
             pids[int(match.group(1))] = int(match.group(2))
     return pids
+
+
+def alive(pid: int) -> bool:
+    """
+    Whether C{pid} runs (a zombie, waiting for whoever adopted it to reap
+    it, has ended).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def refused(port: int) -> bool:
+    """
+    Whether a connection to C{port} on loopback is refused.
+    """
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+_Connection = TypeVar("_Connection", bound=socket.socket)
+
+
+def untilBothServe(
+    pids: dict[int, int], connect: Callable[[], _Connection]
+) -> list[_Connection]:
+    """
+    Open connections with C{connect} until every worker holds one of them
+    (at most 100).
+    """
+    idle = {pid: socketsOf(pid) for pid in pids.values()}
+    held: list[_Connection] = []
+    while not all(socketsOf(pid) > idle[pid] for pid in pids.values()):
+        if len(held) == 100:
+            raise AssertionError(f"100 connections, not all workers serve: {pids}")
+        held.append(connect())
+    return held
 
 
 def socketsOf(pid: int) -> int:
@@ -206,3 +260,198 @@ class WorkerMetricsTests(TestCase):
         self.assertEqual(metrics[("myserver_connections_open", ())], 40)
         self.assertEqual(metrics[("myserver_bytes_received_total", ())], 200)
         self.assertEqual(server.stop(), 0)
+
+
+@processTest
+class SupervisorDeathTests(TestCase):
+    def test_sigkilledSupervisor(self) -> None:
+        """
+        SIGKILL to the supervisor only: every worker stops accepting at
+        once (within 2 s the port refuses), a held connection still gets its
+        echo during the drain, one that never ends is aborted at
+        shutdown_timeout, and then no worker is left.
+        """
+        server = ServerProcess("--workers", "2", "--shutdown-timeout", "3").start()
+        self.addCleanup(server.kill)
+        pids = workerPids(server, 2)
+
+        def connect() -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"before")
+            self.assertEqual(sock.recv(6), b"before")
+            return sock
+
+        held = untilBothServe(pids, connect)
+        os.kill(server.pid, signal.SIGKILL)
+        server.process.wait(10)
+        waitUntil(lambda: refused(server.port), 2, "the port to refuse connections")
+        finishing, lingering = held[0], held[1:]
+        finishing.sendall(b"during the drain")
+        finishing.shutdown(socket.SHUT_WR)
+        received = b""
+        while data := finishing.recv(100):
+            received += data
+        self.assertEqual(received, b"during the drain")
+        waitUntil(
+            lambda: not any(alive(pid) for pid in pids.values()),
+            3 + 5,
+            "every worker to exit",
+        )
+        for sock in lingering:
+            # Aborted at the deadline.
+            self.assertFalse(isOpen(sock))
+            sock.close()
+        finishing.close()
+        server.waitFor(
+            lambda: sum("is gone: stopping" in line for line in server.lines) >= 2
+        )
+        self.assertIn("aborted", server.output)
+        assertNoTraceback(self, server.output)
+
+
+@processTest
+class TLSWorkerTests(TestCase):
+    """
+    TLS listeners served by every worker, each with its own context.
+    """
+
+    def setUp(self) -> None:
+        from tests.test_tls import makePair
+
+        requireTool("openssl")
+        directory = tempfile.mkdtemp(prefix="myserver-tls-workers-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        self.a = makePair(directory, "a")
+        self.b = makePair(directory, "b")
+        self.cert = os.path.join(directory, "server.crt")
+        self.key = os.path.join(directory, "server.key")
+        shutil.copy(self.a[0], self.cert)
+        shutil.copy(self.a[1], self.key)
+
+    def connect(self, port: int, cafile: str) -> ssl.SSLSocket:
+        context = ssl.create_default_context(cafile=cafile)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        return context.wrap_socket(raw, server_hostname="localhost")
+
+    def serveTLS(self, kind: str) -> ServerProcess:
+        server = ServerProcess(
+            "--workers",
+            "2",
+            "--listen",
+            f"{kind}:0:certKey={self.cert}:privateKey={self.key}:interface=127.0.0.1",
+        ).start()
+        self.addCleanup(server.kill)
+        server.waitFor(
+            lambda: sum("(inherited:domain=" in line for line in server.lines) >= 2
+        )
+        return server
+
+    def servedByBoth(self, server: ServerProcess, cafile: str) -> list[ssl.SSLSocket]:
+        """
+        TLS connections with an echo each, until both workers hold some.
+        """
+        pids = workerPids(server, 0)
+        self.assertEqual(len(pids), 2)
+
+        def connect() -> ssl.SSLSocket:
+            sock = self.connect(server.port, cafile)
+            sock.sendall(b"through TLS")
+            self.assertEqual(sock.recv(100), b"through TLS")
+            return sock
+
+        return untilBothServe(pids, connect)
+
+    def test_tlsreload(self) -> None:
+        """
+        tlsreload: over 2 workers: handshake and echo on both; after a
+        SIGHUP, whichever worker answers presents the new certificate.
+        """
+        from tests.test_tls import der
+
+        server = self.serveTLS("tlsreload")
+        for sock in self.servedByBoth(server, self.a[0]):
+            self.assertEqual(sock.getpeercert(binary_form=True), der(self.a[0]))
+            sock.close()
+        shutil.copy(self.b[0], self.cert)
+        shutil.copy(self.b[1], self.key)
+        server.signal(signal.SIGHUP)
+        server.waitFor(lambda: server.output.count("reloaded inherited:") >= 2)
+        for sock in self.servedByBoth(server, self.b[0]):
+            self.assertEqual(sock.getpeercert(binary_form=True), der(self.b[0]))
+            sock.close()
+        self.assertEqual(server.stop(), 0)
+        assertNoTraceback(self, server.output)
+
+    def test_twistedSsl(self) -> None:
+        """
+        Twisted's own ssl: listeners are served by both workers too.
+        """
+        server = self.serveTLS("ssl")
+        for sock in self.servedByBoth(server, self.a[0]):
+            sock.close()
+        self.assertEqual(server.stop(), 0)
+        assertNoTraceback(self, server.output)
+
+
+class _Reactor:
+    stops = 0
+
+    def stop(self) -> None:
+        self.stops += 1
+
+
+class _Server:
+    aborts = 0
+
+    def abortAll(self) -> None:
+        self.aborts += 1
+
+
+class StopWithoutSignalTests(TestCase):
+    """
+    How a worker whose supervisor is gone stops: the drain a SIGTERM
+    begins, begun once, and not ended by the SIGTERM Linux then sends.
+    """
+
+    def test_stopOnce(self) -> None:
+        fake, server = _Reactor(), _Server()
+        stopper = StopOnSignals(fake, server)  # type: ignore[arg-type]
+        stopper.stop("the supervisor (pid 1) is gone")
+        stopper.stop("the supervisor (pid 1) is gone")
+        self.assertEqual(fake.stops, 1)
+        # The parent-death SIGTERM: nothing more.
+        stopper._handle("SIGTERM")
+        self.assertEqual((fake.stops, server.aborts), (1, 0))
+        # An operator's: the drain ends.
+        stopper._handle("SIGTERM")
+        self.assertEqual((fake.stops, server.aborts), (1, 1))
+
+    def test_signalThenStop(self) -> None:
+        """
+        A SIGTERM first: the supervisor's end changes nothing; a second
+        signal still ends the drain.
+        """
+        fake, server = _Reactor(), _Server()
+        stopper = StopOnSignals(fake, server)  # type: ignore[arg-type]
+        stopper._handle("SIGTERM")
+        stopper.stop("the supervisor (pid 1) is gone")
+        self.assertEqual((fake.stops, server.aborts), (1, 0))
+        stopper._handle("SIGTERM")
+        self.assertEqual(server.aborts, 1)
+
+    def test_pipeEnd(self) -> Deferred[None]:
+        """
+        The watch calls C{stop} when the write end of its pipe closes, and
+        not before.
+        """
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        stopped: Deferred[str] = Deferred()
+        watch = SupervisorWatch(reactor, stopped.callback, 4321, readEnd)
+        watch.startService()
+        self.addCleanup(watch.stopService)
+        self.assertFalse(stopped.called)
+        os.close(writeEnd)
+        return stopped.addCallback(
+            self.assertEqual, "the supervisor (pid 4321) is gone"
+        )

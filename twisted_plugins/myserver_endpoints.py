@@ -1,6 +1,8 @@
 """
 Endpoint string types of myserver's own: C{tlsreload:}, TLS whose certificate is
-read again on SIGHUP (see L{myserver.tls}).
+read again on SIGHUP (see L{myserver.tls}), and C{inherited:}, how a worker
+process serves a TLS listener on the socket its supervisor bound (see
+L{myserver.workers}).
 """
 
 from typing import Any
@@ -21,3 +23,16 @@ class ReloadableTLSParser:
 
 
 tls = ReloadableTLSParser()
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class InheritedParser:
+    prefix = "inherited"
+
+    def parseStreamServer(self, reactor: Any, *args: Any, **kwargs: Any) -> Any:
+        from myserver.workers import parseInherited
+
+        return parseInherited(reactor, *args, **kwargs)
+
+
+inherited = InheritedParser()
