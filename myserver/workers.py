@@ -61,7 +61,6 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from myserver.errors import CannotListen
@@ -69,6 +68,7 @@ from myserver.ports import backlogFor
 from myserver.reactor import reactorName
 from myserver.render import render
 from myserver.settings import Config, Listener
+from myserver.tls import TimedHandshakeTLSFactory
 
 log = Logger(namespace="myserver.workers")
 
@@ -237,7 +237,7 @@ class AdoptingReactor:
         backlog: int = 50,
         interface: str = "",
     ) -> IListeningPort:
-        tlsFactory = TLSMemoryBIOFactory(contextFactory, False, factory)
+        tlsFactory = TimedHandshakeTLSFactory(contextFactory, False, factory)
         return self.listenTCP(port, tlsFactory, backlog, interface)
 
 

@@ -26,6 +26,7 @@ from tests.support import (
     ServerProcess,
     assertNoTraceback,
     echoOnce,
+    exchange,
     isOpen,
     manyEchoes,
     processTest,
@@ -286,12 +287,9 @@ class SupervisorDeathTests(TestCase):
         server.process.wait(10)
         waitUntil(lambda: refused(server.port), 2, "the port to refuse connections")
         finishing, lingering = held[0], held[1:]
-        finishing.sendall(b"during the drain")
-        finishing.shutdown(socket.SHUT_WR)
-        received = b""
-        while data := finishing.recv(100):
-            received += data
-        self.assertEqual(received, b"during the drain")
+        self.assertEqual(
+            exchange(finishing, b"during the drain", 10), b"during the drain"
+        )
         waitUntil(
             lambda: not any(alive(pid) for pid in pids.values()),
             3 + 5,
@@ -333,18 +331,36 @@ class TLSWorkerTests(TestCase):
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         return context.wrap_socket(raw, server_hostname="localhost")
 
-    def serveTLS(self, kind: str) -> ServerProcess:
+    def serveTLS(self, kind: str, *extra: str) -> ServerProcess:
         server = ServerProcess(
             "--workers",
             "2",
             "--listen",
             f"{kind}:0:certKey={self.cert}:privateKey={self.key}:interface=127.0.0.1",
+            *extra,
         ).start()
         self.addCleanup(server.kill)
         server.waitFor(
             lambda: sum("(inherited:domain=" in line for line in server.lines) >= 2
         )
         return server
+
+    def test_handshakeDeadline(self) -> None:
+        """
+        Each worker holds TLS handshakes to handshake_timeout, as one
+        process does: drippers are closed at the deadline, not the idle
+        timeout their bytes keep resetting.
+        """
+        from tests.test_tls import dripClientHellos
+
+        server = self.serveTLS(
+            "tlsreload", "--handshake-timeout", "2", "--idle-timeout", "60"
+        )
+        closedAt = dripClientHellos(server.port, 6)
+        self.assertEqual(len(closedAt), 6, "some drippers were never closed")
+        self.assertGreaterEqual(min(closedAt), 1.9)
+        self.assertLess(max(closedAt), 2 + 0.5 + 2)
+        self.assertEqual(server.stop(), 0)
 
     def servedByBoth(self, server: ServerProcess, cafile: str) -> list[ssl.SSLSocket]:
         """
