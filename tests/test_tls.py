@@ -6,13 +6,13 @@ with certificates made by the test, and live certificate reload on SIGHUP.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 import time
 
 from twisted.trial.unittest import TestCase
@@ -134,19 +134,38 @@ class TLSTests(TestCase):
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         return context.wrap_socket(raw, server_hostname="localhost")
 
-    def echo(self, sock: ssl.SSLSocket, payload: bytes) -> bytes:
+    def echo(self, sock: ssl.SSLSocket, payload: bytes, timeout: float = 30) -> bytes:
         """
-        Send C{payload} from a thread while reading the same length back.
+        Send C{payload} while reading the same length back, from one thread:
+        an C{SSLSocket} is one OpenSSL connection, which must not be read and
+        written from two threads at once (a sending thread once made C{recv}
+        report an end of file in CI).
         """
-        sender = threading.Thread(target=sock.sendall, args=(payload,))
-        sender.start()
+        previousTimeout = sock.gettimeout()
+        sock.setblocking(False)
+        view = memoryview(payload)
+        sent = 0
         received = bytearray()
+        deadline = time.monotonic() + timeout
         while len(received) < len(payload):
-            data = sock.recv(65536)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sent {sent}, received {len(received)}")
+            if sent < len(payload):
+                try:
+                    # A retry after SSLWantWriteError offers the same bytes,
+                    # as OpenSSL requires.
+                    sent += sock.send(view[sent : sent + 16384])
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    pass
+            try:
+                data = sock.recv(65536)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                select.select([sock], [sock] if sent < len(payload) else [], [], 0.5)
+                continue
             if not data:
                 break
             received += data
-        sender.join()
+        sock.settimeout(previousTimeout)
         return bytes(received)
 
     def test_pythonClient(self) -> None:
