@@ -30,6 +30,8 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from myserver.adopting import AdoptingReactor, releaseForSuccessor
+from myserver.generation import Generation
 from myserver.listening import EndpointService
 
 log = Logger(namespace="myserver.admin")
@@ -149,13 +151,53 @@ class ServerCollector(Collector):
             yield dropped
 
 
-def metricsRegistry(server: Any, datagrams: list[Any]) -> CollectorRegistry:
+class GenerationCollector(Collector):
+    """
+    Which generation serves (live upgrades), and how upgrades went.
+
+    @param upgrades: the L{myserver.upgrade.Upgrader}, when this process
+        can upgrade.
+    """
+
+    def __init__(self, generation: Generation, upgrades: Any = None) -> None:
+        self.generation = generation
+        self.upgrades = upgrades
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            "myserver_generation",
+            "This server's generation: 1 when started, one more per live "
+            "upgrade (SIGUSR2).",
+            value=self.generation.number,
+        )
+        yield GaugeMetricFamily(
+            "myserver_last_upgrade_timestamp_seconds",
+            "When the live upgrade that started this generation began (POSIX "
+            "time); 0 for a generation started by hand.",
+            value=self.generation.upgradedAt or 0,
+        )
+        if self.upgrades is not None:
+            yield CounterMetricFamily(
+                "myserver_upgrades_refused",
+                "Live upgrades refused by this generation: the new one "
+                "failed or was not ready in time.",
+                value=self.upgrades.refused,
+            )
+
+
+def metricsRegistry(
+    server: Any,
+    datagrams: list[Any],
+    generation: Generation | None = None,
+    upgrades: Any = None,
+) -> CollectorRegistry:
     """
     A registry of the server's metrics and prometheus_client's process
     metrics (CPU, memory, descriptors), private to this server.
     """
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(server, datagrams))
+    registry.register(GenerationCollector(generation or Generation(1, None), upgrades))
     ProcessCollector(registry=registry)
     return registry
 
@@ -214,7 +256,12 @@ class Ready(Resource):
 
 
 # Process metrics that are not summed over workers: the largest is kept.
-_NOT_SUMMED = ("process_start_time_seconds", "process_max_fds")
+_NOT_SUMMED = (
+    "process_start_time_seconds",
+    "process_max_fds",
+    "myserver_generation",
+    "myserver_last_upgrade_timestamp_seconds",
+)
 
 
 def sumExpositions(texts: list[str]) -> bytes:
@@ -318,15 +365,22 @@ class AdminSite(Site):
 
 
 def adminSite(
-    server: Any, datagrams: list[Any], reactor: Any, supervisor: Any = None
+    server: Any,
+    datagrams: list[Any],
+    reactor: Any,
+    supervisor: Any = None,
+    generation: Generation | None = None,
+    upgrades: Any = None,
 ) -> Site:
     """
     @param supervisor: the L{myserver.workers.WorkerSupervisor}, when
         workers serve the stream listeners: metrics are then summed over
         them.
+    @param generation: this process's generation (live upgrades).
+    @param upgrades: the L{myserver.upgrade.Upgrader}, when there is one.
     """
     root = Resource()
-    local = metricsRegistry(server, datagrams)
+    local = metricsRegistry(server, datagrams, generation, upgrades)
     if supervisor is None:
         root.putChild(b"metrics", Metrics(local))
     else:
@@ -340,13 +394,30 @@ class AdminService(EndpointService):
     """
     Serves the admin site on its own endpoint, unguarded (it is not client
     traffic), and keeps serving through the drain: it stops only once the
-    server has stopped, so that C{/readyz} says 503 while draining.
+    server has stopped, so that C{/readyz} says 503 while draining.  After
+    a live upgrade it stops at once instead (L{handOver}).
     """
 
-    def __init__(self, endpoint: str, site: Site, server: Any, reactor: Any) -> None:
+    _handedOver = False
+
+    def __init__(
+        self,
+        endpoint: str,
+        site: Site,
+        server: Any,
+        reactor: Any,
+        inherited: int | None = None,
+    ) -> None:
+        """
+        @param inherited: the admin socket a previous generation served,
+            to serve instead of binding C{endpoint} again.
+        """
+        listenOn = reactor if inherited is None else AdoptingReactor(reactor, inherited)
         super().__init__(
-            serverFromString(reactor, endpoint), site, f"{endpoint} (admin)"
+            serverFromString(listenOn, endpoint), site, f"{endpoint} (admin)"
         )
+        # (Not C{endpoint}: that is the service's endpoint object.)
+        self.endpointString = endpoint
         self.server = server
 
     def logListening(self, address: str) -> None:
@@ -354,11 +425,29 @@ class AdminService(EndpointService):
             "admin endpoint on {address}: /metrics /healthz /readyz", address=address
         )
 
+    def handOver(self) -> None:
+        """
+        A successor serves the admin socket now: stop accepting on it at
+        once, leaving the socket itself alone.  Probes then reach the
+        generation that serves (a 503 from this draining one would make a
+        healthy server look half down).
+        """
+        port = self.port
+        if port is not None and not self._handedOver:
+            self._handedOver = True
+            releaseForSuccessor(port)
+            port.stopListening()
+
     def stopService(self) -> Deferred[None]:
         stopping: Deferred[None] = Deferred()
 
         def stopListening(_: object) -> None:
-            EndpointService.stopService(self).chainDeferred(stopping)
+            if self._handedOver:
+                self.running = False
+                self.port = None
+                stopping.callback(None)
+            else:
+                EndpointService.stopService(self).chainDeferred(stopping)
 
         self.server.whenStopped().addBoth(stopListening)
         return stopping

@@ -13,6 +13,7 @@ served only on C{udp:} listeners the operator configures.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import Service
@@ -22,6 +23,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from myserver.admission import Admission, describeAddress
+from myserver.adopting import socketFamily
 from myserver.endpoints import parseDatagramEndpoint
 from myserver.errors import CannotListen
 from myserver.logs import RateLimitedLog
@@ -159,11 +161,20 @@ class DatagramListenerService(Service):
     port: Any = None
 
     def __init__(
-        self, listener: Listener, protocol: GuardedDatagramProtocol, reactor: Any
+        self,
+        listener: Listener,
+        protocol: GuardedDatagramProtocol,
+        reactor: Any,
+        inherited: int | None = None,
     ) -> None:
+        """
+        @param inherited: the socket a previous generation served, to serve
+            instead of binding again (a live upgrade).
+        """
         self.listener = listener
         self.protocol = protocol
         self.reactor = reactor
+        self.inherited = inherited
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -171,9 +182,17 @@ class DatagramListenerService(Service):
             return
         portNumber, interface = parseDatagramEndpoint(self.listener.endpoint)
         try:
-            self.port = self.reactor.listenUDP(
-                portNumber, self.protocol, interface=interface
-            )
+            if self.inherited is not None:
+                inherited, self.inherited = self.inherited, None
+                self.port = self.reactor.adoptDatagramPort(
+                    inherited, socketFamily(inherited), self.protocol
+                )
+                # The port holds a duplicate.
+                os.close(inherited)
+            else:
+                self.port = self.reactor.listenUDP(
+                    portNumber, self.protocol, interface=interface
+                )
         except Exception as e:
             raise CannotListen(
                 f"cannot listen on {self.listener.endpoint}: {' '.join(str(e).split())}"

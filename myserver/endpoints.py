@@ -174,6 +174,38 @@ def _adoptPassedSockets() -> PassedSockets:
 PASSED_SOCKETS = _adoptPassedSockets()
 
 
+# A copy of each, kept open: Twisted closes a passed descriptor once a
+# port has adopted it, and a live upgrade passes them on at the same
+# numbers (L{myserver.upgrade}).
+def _keep(descriptors: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(os.dup(fd) for fd in descriptors)
+    except OSError:
+        # Not all open after all: nothing to pass on.
+        return ()
+
+
+_KEPT = list(_keep(PASSED_SOCKETS.descriptors))
+
+
+def keptPassedSockets() -> tuple[int, ...]:
+    """
+    Descriptors of the sockets passed to this process, in order, open
+    whatever has become of the originals; none once released.
+    """
+    return tuple(_KEPT)
+
+
+def releaseKeptPassedSockets() -> None:
+    """
+    Close the copies: this process is stopping, and a copy would keep the
+    socket listening (the kernel queueing connections nobody accepts) after
+    every port on it has stopped.
+    """
+    while _KEPT:
+        os.close(_KEPT.pop())
+
+
 def _systemdSocketMissing(endpoint: str) -> str | None:
     """
     For a C{systemd:} endpoint string (behind any C{haproxy:} prefixes),

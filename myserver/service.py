@@ -25,7 +25,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from myserver.accepting import AcceptGate
+from myserver.adopting import AdoptingReactor
 from myserver.budget import MemoryReturner
+from myserver.endpoints import releaseKeptPassedSockets
 from myserver.interfaces import IReloadable
 from myserver.listening import EndpointService
 from myserver.policy import Guard
@@ -74,11 +76,19 @@ class ListenerService(EndpointService):
         factory: IProtocolFactory,
         guard: Guard,
         reactor: Any,
+        inherited: int | None = None,
     ) -> None:
+        """
+        @param inherited: the listening socket a previous generation served
+            for this endpoint, to serve instead of binding it again (a live
+            upgrade).
+        """
         spec = listener.endpoint
-        endpoint = serverFromString(
-            GuardingReactor(reactor, guard, backlogFor(spec)), spec
+        guarding = GuardingReactor(reactor, guard, backlogFor(spec))
+        listenOn = (
+            guarding if inherited is None else AdoptingReactor(guarding, inherited)
         )
+        endpoint = serverFromString(listenOn, spec)
         super().__init__(endpoint, factory, spec)
         self.listener = listener
         self.guard = guard
@@ -157,6 +167,7 @@ class ServerService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         self.draining = True
+        releaseKeptPassedSockets()
         stopped: Deferred[object] = super().stopService()
         drained = stopped.addCallback(lambda _: self._drain())
         drained.addBoth(self._stopped)
@@ -256,9 +267,16 @@ class StopOnSignals(Service):
     asking twistd to re-raise the signal at exit: the process ends with
     status 0, as gunicorn, uvicorn and HAProxy do.  A second signal during
     the drain aborts what is left at once.  SIGHUP reloads (see
-    L{ServerService.reload}).  L{stop} begins the same drain without a
+    L{ServerService.reload}).  SIGUSR2 starts a live upgrade (C{upgrade},
+    set by whoever can: L{myserver.upgrade.Upgrader}); where nobody can, it
+    is logged and ignored rather than left to its default action, which
+    would end the process.  L{stop} begins the same drain without a
     signal.
+
+    @ivar upgrade: starts a live upgrade; L{None} in a worker.
     """
+
+    upgrade: Callable[[], None] | None = None
 
     def __init__(self, reactor: Any, server: ServerService) -> None:
         self.reactor = reactor
@@ -280,7 +298,7 @@ class StopOnSignals(Service):
         self.reactor.callWhenRunning(self._install)
 
     def _install(self) -> None:
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(signum, self._onSignal)
 
     def _onSignal(self, signum: int, frame: FrameType | None) -> None:
@@ -291,6 +309,14 @@ class StopOnSignals(Service):
         if name == "SIGHUP":
             log.info("received SIGHUP: reloading")
             self.server.reload()
+            return
+        if name == "SIGUSR2":
+            if self.upgrade is None:
+                log.warn(
+                    "received SIGUSR2: ignored (a worker; the supervisor upgrades)"
+                )
+            else:
+                self.upgrade()
             return
         self._received += 1
         if not self._stopping:

@@ -73,6 +73,7 @@ class Config:
     datagram_rate: float = 10.0
     datagram_burst: int = 20
     shutdown_timeout: float = 25.0
+    upgrade_timeout: float = 60.0
     workers: int = 1
     admin: str | None = None
     log_level: str = "info"
@@ -125,6 +126,16 @@ def parseDuration(value: object) -> float:
         raise ValueError("expected seconds such as 25, 2.5s, 500ms or 5m")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("must be a non-negative number of seconds")
+    return seconds
+
+
+def _positiveDuration(value: object) -> float:
+    """
+    A duration (L{parseDuration}) that is more than nothing.
+    """
+    seconds = parseDuration(value)
+    if seconds <= 0:
+        raise ValueError("must be more than 0 seconds")
     return seconds
 
 
@@ -356,6 +367,12 @@ SETTINGS: tuple[Setting, ...] = (
         "shutdown_timeout",
         parseDuration,
         "Seconds open connections get to finish after SIGTERM/SIGINT.",
+    ),
+    Setting(
+        "upgrade_timeout",
+        _positiveDuration,
+        "Seconds a new generation started by SIGUSR2 gets to serve every "
+        "listener; past it the upgrade is refused and the old one serves on.",
     ),
     Setting(
         "workers",

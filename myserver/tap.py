@@ -33,6 +33,8 @@ from myserver.datagram import (
 )
 from myserver.endpoints import endpointChecker
 from myserver.errors import CannotListen, ConfigError
+from myserver.generation import current
+from myserver.inheritance import Inheritance
 from myserver.interfaces import IDatagramPlugin
 from myserver.logs import ServerLogObserver
 from myserver.plugins import discover
@@ -43,6 +45,7 @@ from myserver.reload import Reconfigure, admissionFor, listenerSetting
 from myserver.render import render
 from myserver.service import ListenerService, ServerService, StopOnSignals, log
 from myserver.settings import SETTINGS, Config, Listener, tomlValue
+from myserver.upgrade import Readiness, Upgrader
 from myserver.workers import SUPERVISOR_PID, SupervisorWatch, WorkerSupervisor
 
 # Repeatable options, spelled with opt_ methods.
@@ -283,10 +286,13 @@ def _serve(
     registry: ConnectionRegistry,
     gate: AcceptGate,
     reactor: Any,
+    inherited: int | None,
 ) -> tuple[Service, Any]:
     """
     One listener's service, and what applies its settings on reload (its
     L{Guard}, or for UDP its guarded datagram protocol).
+
+    @param inherited: its socket, when a previous generation served it.
     """
     setting = partial(listenerSetting, config, listener)
     if listener.isDatagram:
@@ -296,7 +302,8 @@ def _serve(
         guarded = GuardedDatagramProtocol(
             factory, listener.protocol, admissionFor(config, listener), limit, reactor
         )
-        return DatagramListenerService(listener, guarded, reactor), guarded
+        service = DatagramListenerService(listener, guarded, reactor, inherited)
+        return service, guarded
     guard = Guard(
         registry,
         gate,
@@ -310,7 +317,7 @@ def _serve(
         budget=gate.budget,
         handshakeTimeout=setting("handshake_timeout"),
     )
-    return ListenerService(listener, factory, guard, reactor), guard
+    return ListenerService(listener, factory, guard, reactor, inherited), guard
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -327,6 +334,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor
 
     config = options.config
+    twistd = getattr(options, "parent", None)
+    generation = current()
+    # Only a process twistd runs can have been started by an upgrade.
+    inheritance = Inheritance.fromEnvironment(os.environ) if twistd else Inheritance()
     registry = ConnectionRegistry(logConnections=config.log_level == "debug")
     gate = AcceptGate(
         registry, config.max_connections, OutputBudget(registry, config.max_buffered)
@@ -338,7 +349,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         # Stream listeners are served by the workers when there are any;
         # datagram listeners, which have no connections to spread, here.
         if supervisor is None or listener.isDatagram:
-            service, target = _serve(config, listener, factory, registry, gate, reactor)
+            service, target = _serve(
+                config,
+                listener,
+                factory,
+                registry,
+                gate,
+                reactor,
+                inheritance.take(listener.endpoint),
+            )
             services.append(service)
             targets.append((listener, target))
     guards = [target for _, target in targets if isinstance(target, Guard)]
@@ -347,7 +366,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         service.setServiceParent(server)
     for problem in options.pluginProblems:
         log.warn("ignoring a protocol plugin: {problem}", problem=problem)
-    logObserver = _logObserver(getattr(options, "parent", None), config)
+    logObserver = _logObserver(twistd, config)
     server.reconfigure = Reconfigure(
         options.cli,
         options.knownProtocols,
@@ -360,10 +379,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         supervisor.reload if supervisor is not None else None,
     )
     root = _Root(logObserver)
-    if getattr(options, "parent", None) is not None:
+    stopper = None
+    if twistd is not None:
         # Under twistd (or twist): own SIGTERM/SIGINT (so that a drain exits
-        # with 0) and SIGHUP; first, so that they are handled before
-        # anything else starts.
+        # with 0), SIGHUP and SIGUSR2; first, so that they are handled
+        # before anything else starts.
         stopper = StopOnSignals(reactor, server)
         stopper.setServiceParent(root)
         supervisorPid = options.environ.get(SUPERVISOR_PID)
@@ -371,11 +391,37 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             # A worker: it stops when its supervisor is gone.
             watch = SupervisorWatch(reactor, stopper.stop, int(supervisorPid))
             watch.setServiceParent(root)
+    upgrader = None
+    if stopper is not None and options.environ.get(SUPERVISOR_PID) is None:
+        upgrader = Upgrader(
+            reactor,
+            server,
+            stopper.stop,
+            twistd,
+            lambda: server.reconfigure.config.upgrade_timeout,  # type: ignore[union-attr]
+            generation,
+        )
+        stopper.upgrade = upgrader.upgrade
+    admin = None
     if config.admin is not None:
         datagrams = [t for _, t in targets if not isinstance(t, Guard)]
-        site = adminSite(server, datagrams, reactor, supervisor)
+        site = adminSite(server, datagrams, reactor, supervisor, generation, upgrader)
         # Added before the server: stopping runs in reverse, so the server
         # starts draining (and /readyz says so) before the admin stops.
-        AdminService(config.admin, site, server, reactor).setServiceParent(root)
+        admin = AdminService(
+            config.admin, site, server, reactor, inheritance.take(config.admin)
+        )
+        admin.setServiceParent(root)
+        if upgrader is not None:
+            upgrader.adminService = admin
     server.setServiceParent(root)
+    if stopper is not None:
+        log.info(
+            "generation {number} (pid {pid}){since}",
+            number=generation.number,
+            pid=os.getpid(),
+            since=" started by an upgrade" if inheritance.upgrading else "",
+        )
+        # Last, so that it runs once everything else has started.
+        Readiness(reactor, inheritance, generation, twistd).setServiceParent(root)
     return root

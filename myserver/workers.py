@@ -58,17 +58,16 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from myserver.adopting import AdoptingReactor
 from myserver.errors import CannotListen
 from myserver.ports import backlogFor
 from myserver.reactor import reactorName
 from myserver.render import render
 from myserver.settings import Config, Listener
-from myserver.tls import TimedHandshakeTLSFactory
 
 log = Logger(namespace="myserver.workers")
 
@@ -194,51 +193,6 @@ def workerEndpoint(listener: Listener, index: int, sock: socket.socket) -> str:
     if own.split(":", 1)[0].lower() in _TLS_KINDS:
         adopted = f"inherited:domain={_FAMILIES[sock.family]}:index={index}:{own}"
     return proxied + adopted
-
-
-class AdoptingReactor:
-    """
-    A reactor for C{serverFromString} in a worker: an endpoint that would
-    listen on a TCP port (C{ssl:}, C{tlsreload:}) serves the inherited
-    listening socket instead, through the reactor given (a
-    L{myserver.ports.GuardingReactor}).  Everything else is that reactor's,
-    so the endpoint reads its files and builds its TLS context as it does
-    in one process.
-    """
-
-    def __init__(self, reactor: Any, fileDescriptor: int, family: int) -> None:
-        self._reactor = reactor
-        self._fileDescriptor = fileDescriptor
-        self._family = family
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reactor, name)
-
-    def listenTCP(
-        self,
-        port: int,
-        factory: IProtocolFactory,
-        backlog: int = 50,
-        interface: str = "",
-    ) -> IListeningPort:
-        # As Twisted's adopted endpoint does: the port holds a duplicate.
-        fdesc.setNonBlocking(self._fileDescriptor)
-        listening: IListeningPort = self._reactor.adoptStreamPort(
-            self._fileDescriptor, self._family, factory
-        )
-        os.close(self._fileDescriptor)
-        return listening
-
-    def listenSSL(
-        self,
-        port: int,
-        factory: IProtocolFactory,
-        contextFactory: Any,
-        backlog: int = 50,
-        interface: str = "",
-    ) -> IListeningPort:
-        tlsFactory = TimedHandshakeTLSFactory(contextFactory, False, factory)
-        return self.listenTCP(port, tlsFactory, backlog, interface)
 
 
 def parseInherited(

@@ -5,7 +5,8 @@ reactor copied is still the code it was copied from.
 
 These are the names listed at the top of L{myserver.transport},
 L{myserver.ports}, L{myserver.proxy}, L{myserver.reactor},
-L{myserver.listening} and L{myserver.endpoints}.  When a Twisted upgrade
+L{myserver.listening}, L{myserver.endpoints}, L{myserver.adopting} and
+L{myserver.upgrade}.  When a Twisted upgrade
 makes one of these tests fail, the message names what to re-check; nothing
 else in the suite would fail as clearly (a renamed internal can turn into
 silently different behaviour instead of an error).
@@ -24,6 +25,7 @@ from twisted.internet import _newtls, abstract, endpoints, epollreactor, tcp, un
 from twisted.protocols.haproxy import _exceptions, _v1parser, _v2parser, _wrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python import systemd
+from twisted.scripts import _twistd_unix
 from twisted.trial.unittest import TestCase
 
 # sha256 of inspect.getsource(EPollReactor.doPoll) in the Twisted versions
@@ -152,6 +154,29 @@ class PrivateNamesTests(ContractTestCase):
             "_raiseSynchronously",
             bool,
             "myserver.listening (EndpointService)",
+        )
+
+    def test_handover(self) -> None:
+        """
+        What L{myserver.adopting.releaseForSuccessor} turns off so that a
+        port stops without ending the socket its successor serves.
+        """
+        user = "myserver.adopting (releaseForSuccessor)"
+        self.assertKind(tcp._SocketCloser, "_shouldShutdown", bool, user)
+        self.assertIn("self._shouldShutdown", inspect.getsource(tcp._SocketCloser))
+        self.assertIn("os.unlink(self._bindPath)", inspect.getsource(unix.Port))
+
+    def test_pidFile(self) -> None:
+        """
+        twistd reads its C{pidfile} option again as it exits, to remove the
+        file: L{myserver.upgrade} changes the option to hand the file over.
+        """
+        source = inspect.getsource(_twistd_unix.UnixApplicationRunner.postApplication)
+        self.assertIn(
+            'self.removePID(self.config["pidfile"])',
+            source,
+            "twistd's runner no longer removes the pid file named by its "
+            "options at exit: re-check myserver.upgrade (pid file hand-over)",
         )
 
 

@@ -21,11 +21,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from signal import SIGINT, SIGKILL, SIGTERM
+from signal import SIGINT, SIGKILL, SIGTERM, SIGUSR2
 from typing import Any
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 _LISTENING = re.compile(r"listening on (tcp6?|udp6?):\[?([^\]\s]+?)\]?:(\d+) ")
+_SERVING = re.compile(r"generation (\d+) \(pid (\d+)\) is serving")
+_REFUSED = re.compile(r"upgrade refused: .*")
 
 
 # Set in the environment of every process a ServerProcess starts; inherited
@@ -145,8 +147,11 @@ class ServerProcess:
     """
     A C{twistd -n myserver} child process.
 
-    @ivar addresses: (host, port) of each listener, in the order logged.
+    @ivar addresses: (host, port) of each listener, in the order logged
+        by the first generation.
     @ivar lines: every line the server wrote to standard output so far.
+    @ivar generations: the pid of each generation, the first first; more
+        after each live upgrade (L{upgrade}).
     """
 
     def __init__(
@@ -177,6 +182,8 @@ class ServerProcess:
         self.launcher = launcher
         self.lines: list[str] = []
         self.addresses: list[tuple[str, int]] = []
+        self.generations: list[int] = []
+        self._outputEnded = False
         self._stopRequested = False
         self._changed = threading.Condition()
         self._scratch = tempfile.TemporaryDirectory()
@@ -188,7 +195,10 @@ class ServerProcess:
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        """
+        The pid of the generation serving now.
+        """
+        return self.generations[-1] if self.generations else self.process.pid
 
     def start(self, timeout: float = 30) -> ServerProcess:
         if self.launcher is None:
@@ -207,6 +217,7 @@ class ServerProcess:
             # group, whatever the server started.
             start_new_session=True,
         )
+        self.generations = [self.process.pid]
         threading.Thread(target=self._read, daemon=True).start()
         self.waitFor(lambda: len(self.addresses) >= self.expected, timeout)
         return self
@@ -217,10 +228,15 @@ class ServerProcess:
             with self._changed:
                 self.lines.append(line)
                 match = _LISTENING.search(line)
-                if match:
+                if match and len(self.generations) == 1:
                     self.addresses.append((match.group(2), int(match.group(3))))
+                serving = _SERVING.search(line)
+                if serving and int(serving.group(1)) == len(self.generations) + 1:
+                    self.generations.append(int(serving.group(2)))
                 self._changed.notify_all()
         with self._changed:
+            # Every generation has closed its output: all have ended.
+            self._outputEnded = True
             self._changed.notify_all()
 
     def waitFor(self, condition: Any, timeout: float = 30) -> None:
@@ -232,7 +248,7 @@ class ServerProcess:
         with self._changed:
             while not condition():
                 remaining = deadline - time.monotonic()
-                if self.process.poll() is not None and not condition():
+                if self._ended() and not condition():
                     self._changed.wait(0.2)
                     if not condition():
                         raise AssertionError(
@@ -262,23 +278,66 @@ class ServerProcess:
     def output(self) -> str:
         return "".join(self.lines)
 
+    def _ended(self) -> bool:
+        """
+        Whether the server is gone: the first generation exited, and no
+        later one holds its output open.
+        """
+        return self.process.poll() is not None and (
+            len(self.generations) == 1 or self._outputEnded
+        )
+
     def signal(self, signum: int) -> None:
+        """
+        Send C{signum} to the generation serving now.
+        """
         if signum in (SIGTERM, SIGINT):
             self._stopRequested = True
-        self.process.send_signal(signum)
+        if self.pid == self.process.pid:
+            self.process.send_signal(signum)
+        else:
+            os.kill(self.pid, signum)
+
+    def upgrade(self, timeout: float = 60) -> int | None:
+        """
+        A live upgrade: send SIGUSR2 to the generation serving now and wait
+        until the next one serves, or the upgrade is refused.
+
+        @return: the new generation's pid, or L{None} when the upgrade was
+            refused (the reason is the last C{upgrade refused} line of
+            L{output}).
+        """
+        generations = len(self.generations)
+        refusals = len(_REFUSED.findall(self.output))
+        self.signal(SIGUSR2)
+        self.waitFor(
+            lambda: (
+                len(self.generations) > generations
+                or len(_REFUSED.findall(self.output)) > refusals
+            ),
+            timeout,
+        )
+        return self.pid if len(self.generations) > generations else None
 
     def stop(self, signum: int = SIGTERM, timeout: float = 60) -> int:
         """
-        Send C{signum} and wait for the process to exit.
+        Send C{signum} and wait for the server to exit.
 
-        @return: its exit status.
+        @return: its exit status.  After a live upgrade, the generation
+            serving is not this process's child, and its status cannot be
+            read: then 0 once it has ended having logged twistd's clean
+            shutdown last, else 1.
         """
         # A stop already asked for is not asked again: a second signal
         # would end the drain, or arrive after the handlers are gone.
-        if self.process.poll() is None and not self._stopRequested:
-            self.process.send_signal(signum)
+        if not self._ended() and not self._stopRequested:
+            self.signal(signum)
         try:
-            return self.process.wait(timeout)
+            if len(self.generations) == 1:
+                return self.process.wait(timeout)
+            self.waitFor(self._ended, timeout)
+            last = [line for line in self.lines if line.strip()][-1:]
+            return 0 if last and "Server Shut Down." in last[0] else 1
         finally:
             self.kill()
 
