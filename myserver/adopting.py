@@ -16,18 +16,21 @@ Twisted internals this module relies on (checked by
 C{tests.test_twistedcontract}): C{tcp.Port._shouldShutdown} (a port that
 bound its socket calls C{shutdown(2)} on it when it stops, which would stop
 the socket for every process holding it, not only this one) and
-C{unix.Port._bindPath} (the path a UNIX port removes when it stops).
+that C{unix.Port.connectionLost} is C{tcp.Port.connectionLost} after
+removing the socket's path.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from functools import partial
 from typing import Any
 
 from twisted.internet import fdesc, tcp, unix
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 
+from myserver.ports import GuardedUNIXPort
 from myserver.tls import TimedHandshakeTLSFactory
 
 
@@ -99,10 +102,10 @@ class AdoptingReactor:
         wantPID: int = 0,
     ) -> IListeningPort:
         listening = self._adopt(factory)
-        # Remove the path when this port stops for good, as the port that
-        # bound it would have.
-        if isinstance(listening, unix.Port):
-            listening._bindPath = address
+        # The path is this process's now: removed when this port stops for
+        # good, as the port that bound it would have.
+        if isinstance(listening, GuardedUNIXPort):
+            listening.ownsPath = True
         return listening
 
 
@@ -115,5 +118,9 @@ def releaseForSuccessor(port: object) -> None:
     """
     if isinstance(port, tcp.Port):
         port._shouldShutdown = False
-    if isinstance(port, unix.Port):
-        port._bindPath = None
+    if isinstance(port, GuardedUNIXPort):
+        port.ownsPath = False
+    elif isinstance(port, unix.Port):
+        # A plain Twisted port (the admin endpoint's): stop as unix.Port
+        # does, less the removal of the path.
+        port.connectionLost = partial(tcp.Port.connectionLost, port)  # type: ignore[method-assign]

@@ -6,7 +6,7 @@ The old generation (L{myserver.upgrade}) starts the new one with its
 listening sockets as open descriptors and one environment variable,
 C{MYSERVER_INHERIT}, that says which is which:
 
-    {"sockets": {"tcp:27015": [5], "unix:/run/s.sock": [6]},
+    {"sockets": {"tcp:27015": [5], "admin tcp:9027": [6]},
      "ready": 9, "streams": [7, 8], "pidfile": "/run/myserver.pid"}
 
   - C{sockets}: for each endpoint string of the old configuration, the
@@ -26,6 +26,14 @@ C{MYSERVER_INHERIT}, that says which is which:
   - C{pidfile}: twistd's pid file, which the new generation takes over
     when it is ready.
 
+With workers the supervisor keeps its pid: it starts the new generation by
+executing itself in place (C{"inPlace": true}), so there is no old process
+to tell and no output to relay; instead C{workers} lists its old workers
+(each C{[PID, PIPE]}: the write end of the pipe the worker watches), which
+drain once the new workers serve, and C{scratch} the directory of their
+admin sockets, removed once they are gone.  A worker says it is ready on a
+pipe of its own (C{ready} alone).
+
 This module is only data and descriptors: no Twisted, no reactor.
 """
 
@@ -41,6 +49,14 @@ INHERIT = "MYSERVER_INHERIT"
 READY = b"ready\n"
 
 
+def adminKey(endpoint: str) -> str:
+    """
+    The admin endpoint's entry in C{sockets}: apart from the listeners',
+    whose endpoint string may be the same (C{tcp:0:interface=127.0.0.1}).
+    """
+    return "admin " + endpoint
+
+
 @dataclass
 class Inheritance:
     """
@@ -51,6 +67,9 @@ class Inheritance:
     ready: int | None = None
     streams: tuple[int, int] | None = None
     pidfile: str | None = None
+    inPlace: bool = False
+    workers: list[tuple[int, int]] = field(default_factory=list)
+    scratch: str | None = None
 
     @classmethod
     def fromEnvironment(cls, environ: MutableMapping[str, str]) -> Inheritance:
@@ -71,6 +90,10 @@ class Inheritance:
             ready=described.get("ready"),
             streams=(int(streams[0]), int(streams[1])) if streams else None,
             pidfile=described.get("pidfile"),
+            inPlace=bool(described.get("inPlace")),
+            workers=[
+                (int(pid), int(pipe)) for pid, pipe in described.get("workers", [])
+            ],
         )
 
     def describe(self) -> str:
@@ -83,6 +106,9 @@ class Inheritance:
                 "ready": self.ready,
                 "streams": list(self.streams) if self.streams else None,
                 "pidfile": self.pidfile,
+                "inPlace": self.inPlace,
+                "workers": [list(worker) for worker in self.workers],
+                "scratch": self.scratch,
             }
         )
 
@@ -91,7 +117,14 @@ class Inheritance:
         """
         Whether this process was started by a live upgrade.
         """
-        return self.ready is not None
+        return self.ready is not None or self.inPlace
+
+    def takeAll(self, endpoint: str) -> list[int]:
+        """
+        Every inherited listening socket for C{endpoint} (a supervisor's
+        copies of one listener), now the caller's.
+        """
+        return self.sockets.pop(endpoint, [])
 
     def take(self, endpoint: str) -> int | None:
         """

@@ -31,6 +31,7 @@ expected, by C{tests.test_twistedcontract}):
   - C{tcp._reservedFD}: the descriptor Twisted's ports reserve when they
     start listening, released here to accept and close waiting clients
     when the process runs out (one reserve for the whole process);
+  - C{tcp._SocketCloser._shouldShutdown}, turned off (see L{GuardedPort});
   - C{tcp.Port._fromListeningDescriptor} and
     C{unix.Port._fromListeningDescriptor}: how Twisted's own
     C{adoptStreamPort} builds a port around an inherited socket (systemd).
@@ -88,6 +89,11 @@ class GuardedPort:
     guard: Guard
     # Behind a PROXY-protocol proxy: admission waits for the header.
     proxied = False
+    # Stopping closes this process's descriptor only.  Twisted's ports call
+    # shutdown(2) first (except TCP ports on adopted sockets), which acts on
+    # the socket itself and so stops it for every process holding it too:
+    # the other workers on a shared UNIX socket, a successor generation.
+    _shouldShutdown = False
     backoff = 0.25
     numberAccepts = 100
     sessionno = 0
@@ -279,9 +285,24 @@ class GuardedTCPPort(GuardedPort, tcp.Port):
 class GuardedUNIXPort(GuardedPort, unix.Port):
     """
     A UNIX-domain listening port whose connections are L{GuardedUNIXServer}s.
+
+    @ivar ownsPath: whether stopping removes the socket's path, as Twisted's
+        port does.  Not for a socket someone else bound and serves too (a
+        worker's, which its supervisor bound; one systemd passed) or one
+        handed to a successor: removing the path would cut them off from
+        every new client.
     """
 
     transport = GuardedUNIXServer
+    ownsPath = True
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.ownsPath:
+            super().connectionLost(reason)
+        else:
+            # unix.Port.connectionLost removes the path, then does this.
+            self.guard.gate.portStopped(self.guard, self)
+            tcp.Port.connectionLost(self, reason)
 
     def _address(self, addr: Any) -> UNIXAddress:
         return UNIXAddress(addr)
@@ -375,9 +396,12 @@ class GuardingReactor:
     ) -> IListeningPort:
         port: GuardedPort
         if addressFamily == socket.AF_UNIX:
-            port = GuardedUNIXPort._fromListeningDescriptor(
+            unixPort = GuardedUNIXPort._fromListeningDescriptor(
                 self._reactor, fileDescriptor, self._proxied(factory)
             )
+            # Bound by someone else, who keeps it: a supervisor, systemd.
+            unixPort.ownsPath = False
+            port = unixPort
         elif addressFamily in (socket.AF_INET, socket.AF_INET6):
             port = GuardedTCPPort._fromListeningDescriptor(
                 self._reactor, fileDescriptor, addressFamily, self._proxied(factory)

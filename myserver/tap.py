@@ -34,7 +34,7 @@ from myserver.datagram import (
 from myserver.endpoints import endpointChecker
 from myserver.errors import CannotListen, ConfigError
 from myserver.generation import current
-from myserver.inheritance import Inheritance
+from myserver.inheritance import Inheritance, adminKey
 from myserver.interfaces import IDatagramPlugin
 from myserver.logs import ServerLogObserver
 from myserver.plugins import discover
@@ -342,7 +342,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     gate = AcceptGate(
         registry, config.max_connections, OutputBudget(registry, config.max_buffered)
     )
-    supervisor = WorkerSupervisor(config, reactor) if config.workers > 1 else None
+    supervisor = (
+        WorkerSupervisor(config, reactor, inheritance=inheritance)
+        if config.workers > 1
+        else None
+    )
     services: list[Service] = [supervisor] if supervisor is not None else []
     targets: list[tuple[Listener, Any]] = []
     for listener, factory in zip(config.listen, options.factories, strict=True):
@@ -391,8 +395,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             # A worker: it stops when its supervisor is gone.
             watch = SupervisorWatch(reactor, stopper.stop, int(supervisorPid))
             watch.setServiceParent(root)
+    worker = options.environ.get(SUPERVISOR_PID) is not None
     upgrader = None
-    if stopper is not None and options.environ.get(SUPERVISOR_PID) is None:
+    if stopper is not None and not worker:
         upgrader = Upgrader(
             reactor,
             server,
@@ -400,6 +405,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             twistd,
             lambda: server.reconfigure.config.upgrade_timeout,  # type: ignore[union-attr]
             generation,
+            supervisor=supervisor,
         )
         stopper.upgrade = upgrader.upgrade
     admin = None
@@ -409,19 +415,31 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         # Added before the server: stopping runs in reverse, so the server
         # starts draining (and /readyz says so) before the admin stops.
         admin = AdminService(
-            config.admin, site, server, reactor, inheritance.take(config.admin)
+            config.admin,
+            site,
+            server,
+            reactor,
+            inheritance.take(adminKey(config.admin)),
         )
         admin.setServiceParent(root)
         if upgrader is not None:
             upgrader.adminService = admin
     server.setServiceParent(root)
     if stopper is not None:
-        log.info(
-            "generation {number} (pid {pid}){since}",
-            number=generation.number,
-            pid=os.getpid(),
-            since=" started by an upgrade" if inheritance.upgrading else "",
-        )
+        if not worker:
+            log.info(
+                "generation {number} (pid {pid}){since}",
+                number=generation.number,
+                pid=os.getpid(),
+                since=" started by an upgrade" if inheritance.upgrading else "",
+            )
         # Last, so that it runs once everything else has started.
-        Readiness(reactor, inheritance, generation, twistd).setServiceParent(root)
+        Readiness(
+            reactor,
+            inheritance,
+            generation,
+            twistd,
+            supervisor.whenWorkersReady if supervisor is not None else None,
+            worker=worker,
+        ).setServiceParent(root)
     return root

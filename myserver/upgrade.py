@@ -43,7 +43,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,7 +51,7 @@ from twisted.python.failure import Failure
 from myserver.adopting import releaseForSuccessor
 from myserver.endpoints import PASSED_SOCKETS, keptPassedSockets
 from myserver.generation import GENERATION, UPGRADED_AT, Generation
-from myserver.inheritance import INHERIT, READY, Inheritance
+from myserver.inheritance import INHERIT, READY, Inheritance, adminKey
 from myserver.notify import notifySystemd
 
 log = Logger(namespace="myserver")
@@ -105,6 +105,9 @@ class Successor(ProcessProtocol):
         self._readiness = b""
         self.ready = False
         self.pid: int | None = None
+        # Checking the configuration only (workers): its output is its own.
+        self.checking = False
+        self.errors = b""
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == self.readyDescriptor:
@@ -113,18 +116,25 @@ class Successor(ProcessProtocol):
                 self.ready = True
                 self.upgrader.successorReady(self)
             return
-        _writeAll(childFD if childFD in (1, 2) else 2, data)
+        if childFD == 2:
+            self.errors = (self.errors + data)[-_KEPT_OUTPUT:]
+        if not self.checking or childFD == 2:
+            _writeAll(childFD if childFD in (1, 2) else 2, data)
         self.output = (self.output + data)[-_KEPT_OUTPUT:]
 
     def processEnded(self, reason: Failure) -> None:
-        if not self.ready:
+        if self.checking:
+            self.upgrader.checked(self, reason)
+        elif not self.ready:
             self.upgrader.successorFailed(self, reason)
 
-    def lastLine(self) -> str:
-        lines = [
-            line.strip() for line in self.output.decode(errors="replace").splitlines()
-        ]
-        lines = [line for line in lines if line]
+    def lastLine(self, stderrOnly: bool = False) -> str:
+        """
+        The last line of output that says something (of standard error
+        alone, when C{stderrOnly}).
+        """
+        text = (self.errors if stderrOnly else self.output).decode(errors="replace")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         return lines[-1] if lines else ""
 
 
@@ -159,6 +169,7 @@ class Upgrader:
         generation: Generation,
         adminService: Any = None,
         argv: list[str] | None = None,
+        supervisor: Any = None,
     ) -> None:
         """
         @param server: the L{myserver.service.ServerService}; its listener
@@ -168,6 +179,8 @@ class Upgrader:
             successor takes over; L{None} when not run by twistd.
         @param timeout: the seconds the successor gets (C{upgrade_timeout}
             as it reads now).
+        @param supervisor: the L{myserver.workers.WorkerSupervisor}, with
+            workers: then this process executes itself in place.
         """
         self.reactor = reactor
         self.server = server
@@ -177,6 +190,7 @@ class Upgrader:
         self.generation = generation
         self.adminService = adminService
         self.argv = list(sys.argv if argv is None else argv)
+        self.supervisor = supervisor
         self.refused = 0
         self._deadline: Any = None
         self._ports: list[Any] = []
@@ -198,6 +212,12 @@ class Upgrader:
             return
         if self.twistd is None:
             log.warn("upgrade refused: only a server run by twistd can upgrade")
+            return
+        if self.supervisor is not None:
+            if self.supervisor.upgrading:
+                log.warn("upgrade refused: the new workers are still starting")
+                return
+            self._checkNewCode()
             return
         successor = self.generation.successor(time.time())
         childFDs: dict[int, Any] = {0: 0, 1: "r", 2: "r"}
@@ -228,19 +248,8 @@ class Upgrader:
         childFDs[inheritance.ready] = "r"
         environ[INHERIT] = inheritance.describe()
         protocol = Successor(self, inheritance.ready)
-        arguments = [sys.executable, "-m", "myserver.successor"]
-        arguments += successorArguments(self.argv)
-        try:
-            process = self.reactor.spawnProcess(
-                protocol, sys.executable, arguments, env=environ, childFDs=childFDs
-            )
-        except OSError as e:
-            self.refused += 1
-            log.error("upgrade refused: cannot start a new generation: {e}", e=e)
+        if not self._start(protocol, successorArguments(self.argv), environ, childFDs):
             return
-        protocol.pid = process.pid
-        self.inProgress = protocol
-        self._deadline = self.reactor.callLater(self.timeout(), self._tooSlow, protocol)
         log.info(
             "SIGUSR2: starting generation {number} (pid {pid}) with {count} "
             "listening sockets",
@@ -248,6 +257,82 @@ class Upgrader:
             pid=protocol.pid,
             count=len(self._ports),
         )
+
+    def _checkNewCode(self) -> None:
+        """
+        With workers: before this process executes the new code in its own
+        place (which cannot be undone), the new code checks the
+        configuration as it now reads (C{--check-config}, in a process of
+        its own); only if it accepts does the upgrade go on.
+        """
+        protocol = Successor(self, -1)
+        protocol.checking = True
+        arguments = [*successorArguments(self.argv), "--check-config"]
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+        if self._start(protocol, arguments, environ, {0: 0, 1: "r", 2: "r"}):
+            log.info(
+                "SIGUSR2: the new code checks the configuration (pid {pid})",
+                pid=protocol.pid,
+            )
+
+    def _start(
+        self,
+        protocol: Successor,
+        arguments: list[str],
+        environ: dict[str, str],
+        childFDs: dict[int, Any],
+    ) -> bool:
+        """
+        Start C{python -m myserver.successor ARGUMENTS}, the upgrade in
+        progress until it ends or is ready, within C{upgrade_timeout}.
+
+        @return: whether it started.
+        """
+        command = [sys.executable, "-m", "myserver.successor", *arguments]
+        try:
+            process = self.reactor.spawnProcess(
+                protocol, sys.executable, command, env=environ, childFDs=childFDs
+            )
+        except OSError as e:
+            self.refused += 1
+            log.error("upgrade refused: cannot start the new code: {e}", e=e)
+            return False
+        protocol.pid = process.pid
+        self.inProgress = protocol
+        self._deadline = self.reactor.callLater(self.timeout(), self._tooSlow, protocol)
+        return True
+
+    def checked(self, successor: Successor, reason: Failure) -> None:
+        """
+        The check of the new code ended: execute it in place if it passed.
+        """
+        self._cancelDeadline()
+        self.inProgress = None
+        if reason.check(ProcessDone) is None:
+            self.refused += 1
+            line = successor.lastLine(stderrOnly=True)
+            log.error(
+                "upgrade refused: the new code {ended} checking the "
+                "configuration{colon}{line}; generation {current} serves on",
+                ended=describeEnd(reason),
+                colon=": " if line else "",
+                line=line,
+                current=self.generation.number,
+            )
+            return
+        try:
+            self.supervisor.executeInPlace(
+                self.generation.successor(time.time()),
+                [
+                    (endpoint, port.fileno())
+                    for endpoint, port in self._listeningPorts()
+                ],
+                self.twistd.get("pidfile") or None,
+                successorArguments(self.argv),
+            )
+        except OSError as e:
+            self.refused += 1
+            log.error("upgrade refused: cannot execute the new code: {e}", e=e)
 
     def _listeningPorts(self) -> list[tuple[str, Any]]:
         """
@@ -266,7 +351,7 @@ class Upgrader:
         admin = self.adminService
         if admin is not None and admin.port is not None:
             if not _passedBySystemd(admin.endpointString):
-                ports.append((admin.endpointString, admin.port))
+                ports.append((adminKey(admin.endpointString), admin.port))
         return ports
 
     def successorReady(self, successor: Successor) -> None:
@@ -356,12 +441,20 @@ class Readiness(Service):
         generation: Generation,
         twistd: Any,
         whenServing: Callable[[], Deferred[None]] | None = None,
+        worker: bool = False,
     ) -> None:
+        """
+        @param whenServing: fires when the server serves (the workers are
+            ready); at once when not given.
+        @param worker: whether this is a worker, which tells only its
+            supervisor.
+        """
         self.reactor = reactor
         self.inheritance = inheritance
         self.generation = generation
         self.twistd = twistd
         self.whenServing = whenServing
+        self.worker = worker
 
     def startService(self) -> None:
         super().startService()
@@ -383,6 +476,8 @@ class Readiness(Service):
         if pidfile and self.twistd is not None:
             # Ours now: twistd removes it when this generation exits.
             self.twistd["pidfile"] = pidfile
+        if self.worker:
+            return
         if upgraded:
             log.info(
                 "generation {number} (pid {pid}) is serving",

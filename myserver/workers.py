@@ -38,6 +38,7 @@ SIGTERM when its parent dies (L{myserver.worker}).
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import shutil
@@ -47,7 +48,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import Service
 from twisted.internet import fdesc
@@ -59,12 +60,16 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from myserver.adopting import AdoptingReactor
+from myserver.endpoints import PASSED_SOCKETS, keptPassedSockets
 from myserver.errors import CannotListen
-from myserver.ports import backlogFor
+from myserver.generation import GENERATION, UPGRADED_AT, Generation
+from myserver.inheritance import INHERIT, READY, Inheritance
+from myserver.ports import DEFAULT_BACKLOG, backlogFor
 from myserver.reactor import reactorName
 from myserver.render import render
 from myserver.settings import Config, Listener
@@ -76,6 +81,8 @@ _FIRST_FD = 3
 _DOMAINS = {name: family for family, name in _FAMILIES.items()}
 # Endpoint kinds whose every worker builds its own TLS context.
 _TLS_KINDS = ("ssl", "tlsreload")
+# What a supervisor says to a worker it retires, before closing its pipe.
+RETIRE = b"retire\n"
 # The supervisor's pid, in a worker's environment.
 SUPERVISOR_PID = "MYSERVER_SUPERVISOR"
 
@@ -94,8 +101,22 @@ class BoundSockets:
         return self.sockets[index % len(self.sockets)]
 
     def close(self) -> None:
+        """
+        Close the sockets for good, and remove the path of a UNIX socket
+        this process bound (not one systemd passed).
+        """
         for sock in self.sockets:
+            path = sock.getsockname() if sock.family == socket.AF_UNIX else None
             sock.close()
+            if (
+                isinstance(path, str)
+                and path
+                and _kind(self.listener.endpoint) == "unix"
+            ):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
 
 class BindingReactor:
@@ -182,6 +203,30 @@ def bindListener(listener: Listener, copies: int, reactor: Any) -> BoundSockets:
     return BoundSockets(listener, binding.bound)
 
 
+def adoptBound(listener: Listener, descriptors: list[int], copies: int) -> BoundSockets:
+    """
+    A stream listener's sockets as the previous generation left them (a
+    live upgrade): the very same sockets, so that no connection waiting in
+    their queues is lost.  More workers than before get new C{SO_REUSEPORT}
+    copies beside them; fewer leave the surplus closed.
+    """
+    sockets = [socket.socket(fileno=fd) for fd in descriptors]
+    first = sockets[0]
+    reusable = first.family != socket.AF_UNIX and first.getsockopt(
+        socket.SOL_SOCKET, socket.SO_REUSEPORT
+    )
+    while reusable and len(sockets) < copies:
+        extra = socket.socket(first.family, socket.SOCK_STREAM)
+        extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        extra.bind(first.getsockname())
+        extra.listen(backlogFor(listener.endpoint) or DEFAULT_BACKLOG)
+        sockets.append(extra)
+    for surplus in sockets[max(copies, 1) :]:
+        surplus.close()
+    return BoundSockets(listener, sockets[: max(copies, 1)])
+
+
 def workerEndpoint(listener: Listener, index: int, sock: socket.socket) -> str:
     """
     The endpoint string by which a worker adopts its socket number C{index}.
@@ -255,10 +300,19 @@ class Worker(ProcessProtocol):
     One worker process, as its supervisor sees it.
     """
 
-    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+    def __init__(
+        self, supervisor: WorkerSupervisor, index: int, readyDescriptor: int
+    ) -> None:
         self.supervisor = supervisor
         self.index = index
+        self.readyDescriptor = readyDescriptor
+        self.ready = False
         self.ended: Deferred[None] = Deferred()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == self.readyDescriptor and READY in data and not self.ready:
+            self.ready = True
+            self.supervisor.workerReady(self)
 
     def processEnded(self, reason: Failure) -> None:
         self.supervisor.workerEnded(self, reason)
@@ -273,13 +327,34 @@ class WorkerSupervisor(Service):
 
     restartDelay = 0.1
 
-    def __init__(self, config: Config, reactor: Any, reconfigure: Any = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        reactor: Any,
+        reconfigure: Any = None,
+        inheritance: Inheritance | None = None,
+    ) -> None:
+        """
+        @param inheritance: what the previous generation left this one, when
+            this process executed itself in place (a live upgrade): the
+            listening sockets to serve again, and the old workers, which
+            drain once the new ones are ready.
+        """
         self.config = config
         self.reactor = reactor
         self.count = config.workers
         self.bound: list[BoundSockets] = []
         self.workers: dict[int, Worker] = {}
         self.stopping = False
+        self.inheritance = inheritance or Inheritance()
+        self.oldWorkers: dict[int, int] = dict(self.inheritance.workers)
+        # From start until every new worker is ready, after an upgrade.
+        self.upgrading = self.inheritance.inPlace
+        self._readyWaiters: list[Deferred[None]] = []
+        self._reaper: LoopingCall | None = None
+        # The previous generation's scratch directory (its workers' admin
+        # sockets), removed once its workers are gone.
+        self._oldDirectory = self.inheritance.scratch
         self._directory = tempfile.mkdtemp(prefix="myserver-workers-")
         self.configPath = os.path.join(self._directory, "worker.toml")
         self.reconfigure = reconfigure
@@ -291,7 +366,11 @@ class WorkerSupervisor(Service):
         super().privilegedStartService()
         for listener in self.config.listen:
             if not listener.isDatagram:
-                bound = bindListener(listener, self.count, self.reactor)
+                inherited = self.inheritance.takeAll(listener.endpoint)
+                if inherited:
+                    bound = adoptBound(listener, inherited, self.count)
+                else:
+                    bound = bindListener(listener, self.count, self.reactor)
                 self.bound.append(bound)
                 for sock in bound.sockets[:1]:
                     log.info(
@@ -321,13 +400,23 @@ class WorkerSupervisor(Service):
             self._spawn(index)
 
     def _spawn(self, index: int) -> None:
-        worker = Worker(self, index)
+        readyDescriptor = _FIRST_FD + len(self.bound)
+        worker = Worker(self, index, readyDescriptor)
         # Standard input is a pipe from here: its end tells the worker
-        # that the supervisor is gone (SupervisorWatch).
-        childFDs: dict[int, Any] = {0: "w", 1: 1, 2: 2}
+        # that the supervisor is gone (SupervisorWatch).  Its output goes
+        # where this process's own finally goes, not to an upgrade's pipes.
+        stdout, stderr = self.inheritance.outputDescriptors()
+        childFDs: dict[int, Any] = {0: "w", 1: stdout, 2: stderr}
         for position, bound in enumerate(self.bound):
             childFDs[_FIRST_FD + position] = bound.forWorker(index).fileno()
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("MYSERVER_")}
+        # The worker says "ready" on this pipe once it serves.
+        childFDs[readyDescriptor] = "r"
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MYSERVER_") and k != "NOTIFY_SOCKET"
+        }
+        environ[INHERIT] = Inheritance(ready=readyDescriptor).describe()
         environ["MYSERVER_WORKER"] = str(index)
         environ[SUPERVISOR_PID] = str(os.getpid())
         # Each worker answers its own metrics on a private socket, which the
@@ -345,6 +434,150 @@ class WorkerSupervisor(Service):
         )
         self.workers[index] = worker
         log.info("worker {index} started (pid {pid})", index=index, pid=process.pid)
+
+    def workerReady(self, worker: Worker) -> None:
+        if self.workers.get(worker.index) is not worker:
+            return
+        if self._allReady():
+            if self.upgrading:
+                self.upgrading = False
+                self.retireOldWorkers()
+            waiting, self._readyWaiters = self._readyWaiters, []
+            for d in waiting:
+                d.callback(None)
+
+    def _allReady(self) -> bool:
+        workers = self.workers.values()
+        return len(workers) == self.count and all(w.ready for w in workers)
+
+    def whenWorkersReady(self) -> Deferred[None]:
+        """
+        @return: fires once every worker serves.
+        """
+        if self._allReady():
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._readyWaiters.append(d)
+        return d
+
+    def retireOldWorkers(self) -> None:
+        """
+        The previous generation's workers drain now: close the pipes they
+        watch (each stops as on SIGTERM), and reap them as they end (they
+        are this process's children, unknown to this reactor).
+        """
+        if not self.oldWorkers:
+            return
+        log.info(
+            "the new workers serve; the {count} old workers drain",
+            count=len(self.oldWorkers),
+        )
+        for pipe in self.oldWorkers.values():
+            if pipe >= 0:
+                try:
+                    os.write(pipe, RETIRE)
+                except OSError:
+                    pass
+                os.close(pipe)
+        self.oldWorkers = {pid: -1 for pid in self.oldWorkers}
+        self._reaper = LoopingCall(self._reapOldWorkers)
+        self._reaper.clock = self.reactor
+        self._reaper.start(0.2, now=False)
+
+    def _reapOldWorkers(self) -> None:
+        for pid in list(self.oldWorkers):
+            try:
+                ended, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                ended = pid
+            if ended:
+                del self.oldWorkers[pid]
+                log.info("old worker (pid {pid}) ended", pid=pid)
+        if not self.oldWorkers and self._reaper is not None:
+            self._reaper.stop()
+            self._reaper = None
+            if self._oldDirectory:
+                shutil.rmtree(self._oldDirectory, ignore_errors=True)
+
+    def executeInPlace(
+        self,
+        generation: Generation,
+        served: list[tuple[str, int]],
+        pidfile: str | None,
+        arguments: list[str],
+    ) -> NoReturn:
+        """
+        Become the next generation: execute the new code in this process
+        (the pid stays), handing it every listening socket (this process's
+        copies for the workers, and C{served}: the admin endpoint's and UDP
+        listeners') and the workers, which go on serving until the new
+        workers are ready.
+
+        @raise OSError: if the new code cannot be executed; nothing has
+            changed then but the descriptors of sockets passed by systemd.
+        """
+        kept = keptPassedSockets()
+        # Descriptors 3, 4, ... are for the sockets systemd passed, as
+        # systemd numbers them; everything else goes above.
+        lowest = _FIRST_FD + len(kept)
+        carried: list[int] = []
+
+        def carry(fd: int) -> int:
+            copy = fcntl.fcntl(fd, fcntl.F_DUPFD, lowest)
+            os.set_inheritable(copy, True)
+            carried.append(copy)
+            return copy
+
+        inheritance = Inheritance(
+            pidfile=pidfile, inPlace=True, scratch=self._directory
+        )
+        for bound in self.bound:
+            inheritance.sockets.setdefault(bound.listener.endpoint, []).extend(
+                carry(sock.fileno()) for sock in bound.sockets
+            )
+        for endpoint, fd in served:
+            inheritance.sockets.setdefault(endpoint, []).append(carry(fd))
+        for worker in self.workers.values():
+            process = worker.transport
+            # The parent's end of the worker's standard input.
+            pipe = getattr(process, "pipes", {}).get(0)
+            if process is not None and pipe is not None:
+                inheritance.workers.append((process.pid, carry(pipe.fileno())))
+        for pid, pipe in self.oldWorkers.items():
+            # Still draining (or still to be told): reaped by the next.
+            inheritance.workers.append((pid, carry(pipe) if pipe >= 0 else -1))
+        keptCopies = [carry(fd) for fd in kept]
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("LISTEN_") and k not in (GENERATION, UPGRADED_AT)
+        }
+        environ.update(generation.environment())
+        environ[INHERIT] = inheritance.describe()
+        if kept:
+            environ["LISTEN_PID"] = str(os.getpid())
+            environ["LISTEN_FDS"] = str(len(kept))
+            if PASSED_SOCKETS.named:
+                environ["LISTEN_FDNAMES"] = ":".join(PASSED_SOCKETS.names)
+        log.info(
+            "SIGUSR2: executing the new code in place as generation {number} "
+            "(pid {pid}); {count} workers serve meanwhile",
+            number=generation.number,
+            pid=os.getpid(),
+            count=len(inheritance.workers),
+        )
+        for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            if stream is not None:
+                stream.flush()
+        argv = [sys.executable, "-m", "myserver.successor", *arguments]
+        try:
+            for offset, copy in enumerate(keptCopies):
+                os.dup2(copy, _FIRST_FD + offset, inheritable=True)
+            os.execve(sys.executable, argv, environ)
+        except OSError:
+            for copy in carried:
+                os.close(copy)
+            raise
 
     def adminSocket(self, index: int) -> str:
         return os.path.join(self._directory, f"admin-{index}.sock")
@@ -389,6 +622,8 @@ class WorkerSupervisor(Service):
     def stopService(self) -> Deferred[Any]:
         super().stopService()
         self.stopping = True
+        self.upgrading = False
+        self.retireOldWorkers()
         waiting = [worker.ended for worker in self.workers.values()]
         self.signalAll(signal.SIGTERM)
         deadline = self.reactor.callLater(
@@ -409,27 +644,32 @@ class WorkerSupervisor(Service):
 
 class _SupervisorPipe(FileDescriptor):
     """
-    The read end of the pipe from the supervisor: nothing is ever written
-    to it, so readable means closed, and the supervisor gone.
+    The read end of the pipe from the supervisor: its end means the
+    supervisor is gone, unless the supervisor said L{RETIRE} first (a live
+    upgrade: new workers serve now).
     """
 
     def __init__(
-        self, reactor: Any, fileDescriptor: int, whenClosed: Callable[[], None]
+        self, reactor: Any, fileDescriptor: int, whenClosed: Callable[[bytes], None]
     ) -> None:
         super().__init__(reactor)
         self._fileDescriptor = fileDescriptor
         self._whenClosed = whenClosed
+        self._said = b""
         fdesc.setNonBlocking(fileDescriptor)
 
     def fileno(self) -> int:
         return self._fileDescriptor
 
     def doRead(self) -> Any:
-        return fdesc.readFromFD(self._fileDescriptor, lambda data: None)
+        return fdesc.readFromFD(self._fileDescriptor, self._heard)
+
+    def _heard(self, data: bytes) -> None:
+        self._said = (self._said + data)[-64:]
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
-        self._whenClosed()
+        self._whenClosed(self._said)
 
 
 class SupervisorWatch(Service):
@@ -463,9 +703,25 @@ class SupervisorWatch(Service):
         # Stopping already: the pipe's end no longer matters.
         self.reactor.removeReader(self._pipe)
 
-    def _gone(self) -> None:
-        if self.running:
+    def _gone(self, said: bytes) -> None:
+        if not self.running:
+            return
+        if RETIRE in said:
+            self._stop(
+                f"retired by the supervisor (pid {self.supervisor}) after an upgrade"
+            )
+        else:
             self._stop(f"the supervisor (pid {self.supervisor}) is gone")
+
+
+def _kind(endpoint: str) -> str:
+    """
+    An endpoint string's kind, behind any C{haproxy:} prefix.
+    """
+    parts = endpoint.split(":")
+    while len(parts) > 1 and parts[0].lower() == "haproxy":
+        parts.pop(0)
+    return parts[0].lower()
 
 
 def _describe(sock: socket.socket) -> str:

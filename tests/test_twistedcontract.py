@@ -164,7 +164,9 @@ class PrivateNamesTests(ContractTestCase):
         user = "myserver.adopting (releaseForSuccessor)"
         self.assertKind(tcp._SocketCloser, "_shouldShutdown", bool, user)
         self.assertIn("self._shouldShutdown", inspect.getsource(tcp._SocketCloser))
-        self.assertIn("os.unlink(self._bindPath)", inspect.getsource(unix.Port))
+        source = inspect.getsource(unix.Port.connectionLost)
+        self.assertIn("os.unlink(self._bindPath)", source, user)
+        self.assertIn("tcp.Port.connectionLost(self, reason)", source, user)
 
     def test_pidFile(self) -> None:
         """
