@@ -101,13 +101,22 @@ class Reconfigure:
         old, self.config = self.config, new
         for name in _NEEDS_RESTART:
             if getattr(old, name) != getattr(new, name):
-                log.warn("{setting} changed: takes effect at restart", setting=name)
+                log.warn(
+                    "{setting} changed: takes effect at the next upgrade "
+                    "(SIGUSR2) or restart",
+                    setting=name,
+                )
         oldListeners = [(x.endpoint, x.protocol, dict(x.options)) for x in old.listen]
         newListeners = [(x.endpoint, x.protocol, dict(x.options)) for x in new.listen]
         if oldListeners != newListeners:
-            log.warn("listeners changed: the new ones take effect at restart")
+            log.warn(
+                "listeners changed: the new ones take effect at the next "
+                "upgrade (SIGUSR2) or restart"
+            )
         if old.workers != new.workers:
-            log.warn("workers changed: takes effect at restart")
+            log.warn(
+                "workers changed: takes effect at the next upgrade (SIGUSR2) or restart"
+            )
         for listener, target in self.targets:
             match = self._match(listener, new.listen)
             if match is not None:

@@ -31,6 +31,17 @@ error in new code, a listener it cannot serve), or is not ready within
 C{upgrade_timeout} (then it is killed), changes nothing here: the refusal
 is one log line with its exit status and its last line of output, and the
 next SIGUSR2 may try again.  One upgrade at a time.
+
+With workers (C{--workers N}) the supervisor keeps its pid instead: the new
+code checks the configuration first (C{--check-config}), then the
+supervisor executes it in place (L{myserver.workers.WorkerSupervisor.
+executeInPlace}), and the new workers take over from the old ones there.
+
+Twisted internals this module relies on (checked by
+C{tests.test_twistedcontract}): twistd's runner reads its C{pidfile} option
+again as it exits, to remove the file; the generation that hands the file
+over sets the option to nothing first, and the one that takes it over sets
+it to the file.
 """
 
 from __future__ import annotations
@@ -227,16 +238,9 @@ class Upgrader:
             if not k.startswith("LISTEN_") and k not in (GENERATION, UPGRADED_AT)
         }
         environ.update(successor.environment())
-        kept = keptPassedSockets()
-        for offset, fd in enumerate(kept):
-            childFDs[_FIRST_FREE + offset] = fd
-        if kept:
-            environ["LISTEN_FDS"] = str(len(kept))
-            if PASSED_SOCKETS.named:
-                environ["LISTEN_FDNAMES"] = ":".join(PASSED_SOCKETS.names)
+        nextFD = passOnSystemdSockets(childFDs, environ)
         inheritance = Inheritance(pidfile=self.twistd.get("pidfile") or None)
         self._ports = []
-        nextFD = _FIRST_FREE + len(kept)
         for endpoint, port in self._listeningPorts():
             childFDs[nextFD] = port.fileno()
             inheritance.sockets.setdefault(endpoint, []).append(nextFD)
@@ -269,7 +273,9 @@ class Upgrader:
         protocol.checking = True
         arguments = [*successorArguments(self.argv), "--check-config"]
         environ = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
-        if self._start(protocol, arguments, environ, {0: 0, 1: "r", 2: "r"}):
+        childFDs: dict[int, Any] = {0: 0, 1: "r", 2: "r"}
+        passOnSystemdSockets(childFDs, environ)
+        if self._start(protocol, arguments, environ, childFDs):
             log.info(
                 "SIGUSR2: the new code checks the configuration (pid {pid})",
                 pid=protocol.pid,
@@ -415,6 +421,24 @@ class Upgrader:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+
+
+def passOnSystemdSockets(childFDs: dict[int, Any], environ: dict[str, str]) -> int:
+    """
+    Pass the sockets systemd passed to this process on to a child, at the
+    numbers systemd gave them and with the same C{LISTEN_FDS} and
+    C{LISTEN_FDNAMES} (the child sets C{LISTEN_PID}).
+
+    @return: the first child descriptor left free.
+    """
+    kept = keptPassedSockets()
+    for offset, fd in enumerate(kept):
+        childFDs[_FIRST_FREE + offset] = fd
+    if kept:
+        environ["LISTEN_FDS"] = str(len(kept))
+        if PASSED_SOCKETS.named:
+            environ["LISTEN_FDNAMES"] = ":".join(PASSED_SOCKETS.names)
+    return _FIRST_FREE + len(kept)
 
 
 def _passedBySystemd(endpoint: str) -> bool:

@@ -28,6 +28,14 @@ before their own endpoint string: each worker reads the certificate files
 and builds its TLS context itself (and again on the SIGHUP the parent
 forwards), and serves it on the socket it inherited.
 
+A live upgrade (SIGUSR2, L{myserver.upgrade}) executes the new code in
+the supervisor's own process (L{WorkerSupervisor.executeInPlace}): the
+listening sockets and the workers' pipes cross C{exec}; the new supervisor
+starts new workers on the same sockets and retires the old ones once each
+new one says it is ready.  This relies on one Twisted internal, checked by
+C{tests.test_twistedcontract}: a spawned process's C{pipes} (the parent's
+end of each of the child's descriptors).
+
 A worker dies with its supervisor, however the supervisor ends (SIGKILL
 from the OOM killer included): its standard input is a pipe from the
 supervisor, and the end of that pipe (L{SupervisorWatch}) stops the worker

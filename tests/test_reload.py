@@ -114,4 +114,6 @@ class ReloadTests(TestCase):
         self.writeConfig('listen = ["tcp:0:interface=127.0.0.1", "tcp:0"]\n')
         self.reload(1)
         self.assertEqual(self.server.stop(), 0)
-        self.assertIn("take effect at restart", self.server.output)
+        self.assertIn(
+            "take effect at the next upgrade (SIGUSR2) or restart", self.server.output
+        )

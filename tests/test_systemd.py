@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -27,6 +28,7 @@ from tests.support import (
     myserverCommand,
     processTest,
     requireTool,
+    twistdCommand,
 )
 
 UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
@@ -147,6 +149,60 @@ class SocketActivationTests(TestCase):
         endpoint = "systemd:domain=INET:index=0"
         process, port = self.activate(endpoint, "--fdname=echo")
         self.assertServesThenStops(process, port, endpoint)
+
+    def upgradedUnderActivation(self, *extra: str) -> None:
+        """
+        A server started by systemd-socket-activate upgrades live twice:
+        the socket systemd passed goes on to each generation, which serves
+        it, and nothing binds the port again.
+        """
+        activate = need("systemd-socket-activate")
+        port = freePort()
+        endpoint = "systemd:domain=INET:index=0"
+        server = ServerProcess(
+            "--listen",
+            endpoint,
+            *extra,
+            launcher=[
+                activate,
+                "-l",
+                f"127.0.0.1:{port}",
+                "--fdname=echo",
+                *twistdCommand(),
+                "-n",
+                "--pidfile=",
+            ],
+        )
+        self.addCleanup(server.kill)
+
+        def firstClient() -> None:
+            # The activator starts the server for its first client.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    echoOnce(port, b"first", timeout=30)
+                    return
+                except ConnectionRefusedError:
+                    time.sleep(0.05)
+
+        first = threading.Thread(target=firstClient)
+        first.start()
+        server.start()
+        first.join(30)
+        for number in (2, 3):
+            self.assertIsNotNone(server.upgrade(), server.output)
+            self.assertEqual(
+                echoOnce(port, b"generation %d" % number), b"generation %d" % number
+            )
+        self.assertIn(f"generation 3 (pid {server.pid}) is serving", server.output)
+        self.assertEqual(server.stop(), 0)
+        assertNoTraceback(self, server.output)
+
+    def test_upgradeKeepsPassedSocket(self) -> None:
+        self.upgradedUnderActivation()
+
+    def test_upgradeKeepsPassedSocketWithWorkers(self) -> None:
+        self.upgradedUnderActivation("--workers", "2")
 
     def test_adoptsUnnamedSocketByIndex(self) -> None:
         """

@@ -21,7 +21,15 @@ import types
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import _newtls, abstract, endpoints, epollreactor, tcp, unix
+from twisted.internet import (
+    _newtls,
+    abstract,
+    endpoints,
+    epollreactor,
+    process,
+    tcp,
+    unix,
+)
 from twisted.protocols.haproxy import _exceptions, _v1parser, _v2parser, _wrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python import systemd
@@ -167,6 +175,18 @@ class PrivateNamesTests(ContractTestCase):
         source = inspect.getsource(unix.Port.connectionLost)
         self.assertIn("os.unlink(self._bindPath)", source, user)
         self.assertIn("tcp.Port.connectionLost(self, reason)", source, user)
+
+    def test_processPipes(self) -> None:
+        """
+        A spawned process keeps the parent's end of each child descriptor in
+        C{pipes}: L{myserver.workers} carries a worker's across C{exec}.
+        """
+        self.assertIn(
+            "self.pipes = {}",
+            inspect.getsource(process.Process.__init__),
+            "twisted.internet.process.Process.pipes: re-check myserver.workers "
+            "(executeInPlace)",
+        )
 
     def test_pidFile(self) -> None:
         """
