@@ -309,6 +309,7 @@ def _serve(
         noDelay=setting("tcp_nodelay"),
         budget=gate.budget,
         handshakeTimeout=setting("handshake_timeout"),
+        endpoint=listener.endpoint,
     )
     return ListenerService(listener, factory, guard, reactor), guard
 
@@ -373,7 +374,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             watch.setServiceParent(root)
     if config.admin is not None:
         datagrams = [t for _, t in targets if not isinstance(t, Guard)]
-        site = adminSite(server, datagrams, reactor, supervisor)
+        site = adminSite(
+            server,
+            datagrams,
+            reactor,
+            supervisor,
+            token=config.admin_token,
+            datagramServices=[
+                (listener, t) for listener, t in targets if not isinstance(t, Guard)
+            ],
+        )
         # Added before the server: stopping runs in reverse, so the server
         # starts draining (and /readyz says so) before the admin stops.
         AdminService(config.admin, site, server, reactor).setServiceParent(root)
