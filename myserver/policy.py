@@ -65,12 +65,15 @@ class Guard:
         must finish what comes before its protocol (the PROXY header, the
         TLS handshake); 0 for no deadline.
     @ivar endpoint: the listener's endpoint string, for the status page.
+    @ivar address: the address it listens on (C{tcp:127.0.0.1:27015}), once
+        it does: what the status page names it by.
     @ivar accepted: connections accepted (past admission) since start.
     @ivar bytesReceived: bytes read from this listener's closed
         connections (the open ones count their own), for the status page.
     @ivar bytesSent: bytes sent to them, likewise.
     """
 
+    address: str | None = None
     accepted = 0
     bytesReceived = 0
     bytesSent = 0
@@ -170,7 +173,7 @@ class Guard:
                     "time": self.clock.seconds(),
                     "reason": reason,
                     "peer": peer,
-                    "listener": self.endpoint,
+                    "listener": self.address or self.endpoint,
                     "suppressed": held,
                 }
             )

@@ -275,7 +275,7 @@ def _describe(connection: Any, now: float) -> dict[str, Any]:
     return {
         "peer": describeAddress(connection.clientAddress()),
         "proxied": connection.realPeer is not None,
-        "listener": connection.guard.endpoint,
+        "listener": connection.guard.address or connection.guard.endpoint,
         "bytes_received": connection.bytesReceived,
         "bytes_sent": connection.bytesSent,
         "queued_bytes": connection.pendingBytes(),

@@ -19,6 +19,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -74,7 +75,8 @@ def connectionFor(admin: str) -> tuple[http.client.HTTPConnection, str]:
         path = path.removeprefix("address=")
         return _UNIXConnection(path, TIMEOUT), ""
     if kind in ("tcp", "tcp6"):
-        fields = rest.split(":")
+        # Colons escaped with a backslash (IPv6 addresses) separate nothing.
+        fields = re.split(r"(?<!\\):", rest)
         port = fields[0].removeprefix("port=")
         host = "::1" if kind == "tcp6" else "127.0.0.1"
         for field in fields[1:]:
