@@ -277,19 +277,26 @@ def fetchFromWorker(reactor: Any, path: str, resource: bytes) -> Deferred[Any]:
     return d
 
 
-class WorkerMetrics(Resource):
+class FromWorkers(Resource):
     """
-    C{/metrics} of a parent with workers: this process's own metrics (its
-    UDP listeners, its process) plus every worker's, summed.
+    What a parent with workers answers from its own figures, C{local}, and
+    each worker's, read from the worker's private admin socket.
     """
 
     isLeaf = True
 
-    def __init__(self, local: CollectorRegistry, supervisor: Any, reactor: Any):
+    def __init__(self, local: Any, supervisor: Any, reactor: Any):
         super().__init__()
         self.local = local
         self.supervisor = supervisor
         self.reactor = reactor
+
+
+class WorkerMetrics(FromWorkers):
+    """
+    C{/metrics} of a parent with workers: this process's own metrics (its
+    UDP listeners, its process) plus every worker's, summed.
+    """
 
     def render_GET(self, request: Request) -> Any:
         fetches = [
@@ -438,19 +445,12 @@ class StatusJSON(Resource):
         return _json(request, self.collector.collect())
 
 
-class WorkerStatusJSON(Resource):
+class WorkerStatusJSON(FromWorkers):
     """
     C{/status.json} of a parent with workers: each worker's, read from its
-    private admin socket as for the metrics, merged with the parent's own.
+    private admin socket as for the metrics, merged with the parent's own
+    (C{local}, a L{StatusCollector}).
     """
-
-    isLeaf = True
-
-    def __init__(self, collector: StatusCollector, supervisor: Any, reactor: Any):
-        super().__init__()
-        self.collector = collector
-        self.supervisor = supervisor
-        self.reactor = reactor
 
     def render_GET(self, request: Request) -> Any:
         supervisor = self.supervisor
@@ -480,7 +480,7 @@ class WorkerStatusJSON(Resource):
                 (b.listener.endpoint, b.listener.protocol, b.describe())
                 for b in supervisor.bound
             ]
-            merged = mergeWorkers(self.collector.collect(), bound, workers)
+            merged = mergeWorkers(self.local.collect(), bound, workers)
             request.write(_json(request, merged))
             request.finish()
 

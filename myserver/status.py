@@ -84,6 +84,35 @@ def listenerState(
     return SERVING
 
 
+def listenerRow(
+    endpoint: str, protocol: str, state: str, **figures: Any
+) -> dict[str, Any]:
+    """
+    One row of C{listeners}: every field there, those not given at zero
+    (counts) or unknown (bytes and rates).
+    """
+    row: dict[str, Any] = {
+        "endpoint": endpoint,
+        "bound": None,
+        "protocol": protocol,
+        "kind": "stream",
+        "state": state,
+        "open": 0,
+        "limit": 0,
+        "accepted": 0,
+        "refused": {},
+        "refused_total": 0,
+        "bytes_received": None,
+        "bytes_sent": None,
+        "receive_rate_bytes_per_second": None,
+        "send_rate_bytes_per_second": None,
+        "queued_bytes": 0,
+        "idle_closed": 0,
+    }
+    row.update(figures)
+    return row
+
+
 class StatusCollector:
     """
     Reads one process's state into the C{/status.json} document.
@@ -141,26 +170,23 @@ class StatusCollector:
             limit = min(limits) if limits else 0
             port = service.port
             rows.append(
-                {
-                    "endpoint": service.listener.endpoint,
-                    "bound": describeAddress(port.getHost()) if port else None,
-                    "protocol": service.listener.protocol,
-                    "kind": "stream",
-                    "state": listenerState(
+                listenerRow(
+                    service.listener.endpoint,
+                    service.listener.protocol,
+                    listenerState(
                         len(open_), limit, draining, port is not None, budget.state
                     ),
-                    "open": len(open_),
-                    "limit": limit,
-                    "accepted": guard.accepted,
-                    "refused": dict(sorted(guard.rejected.items())),
-                    "refused_total": sum(guard.rejected.values()),
-                    "bytes_received": received,
-                    "bytes_sent": sent,
-                    "receive_rate_bytes_per_second": None,
-                    "send_rate_bytes_per_second": None,
-                    "queued_bytes": sum(c.pendingBytes() for c in open_),
-                    "idle_closed": guard.idleClosed,
-                }
+                    bound=describeAddress(port.getHost()) if port else None,
+                    open=len(open_),
+                    limit=limit,
+                    accepted=guard.accepted,
+                    refused=dict(sorted(guard.rejected.items())),
+                    refused_total=sum(guard.rejected.values()),
+                    bytes_received=received,
+                    bytes_sent=sent,
+                    queued_bytes=sum(c.pendingBytes() for c in open_),
+                    idle_closed=guard.idleClosed,
+                )
             )
         for row, rate in zip(rows, self._rates(clock, totals), strict=True):
             if rate is not None:
@@ -168,24 +194,15 @@ class StatusCollector:
                 row["send_rate_bytes_per_second"] = rate[1]
         for listener, protocol in self.datagrams:
             rows.append(
-                {
-                    "endpoint": listener.endpoint,
-                    "bound": None,
-                    "protocol": listener.protocol,
-                    "kind": "datagram",
-                    "state": DRAINING if draining else SERVING,
-                    "open": 0,
-                    "limit": 0,
-                    "accepted": protocol.datagramsReceived,
-                    "refused": dict(sorted(protocol.dropped.items())),
-                    "refused_total": sum(protocol.dropped.values()),
-                    "bytes_received": None,
-                    "bytes_sent": None,
-                    "receive_rate_bytes_per_second": None,
-                    "send_rate_bytes_per_second": None,
-                    "queued_bytes": 0,
-                    "idle_closed": 0,
-                }
+                listenerRow(
+                    listener.endpoint,
+                    listener.protocol,
+                    DRAINING if draining else SERVING,
+                    kind="datagram",
+                    accepted=protocol.datagramsReceived,
+                    refused=dict(sorted(protocol.dropped.items())),
+                    refused_total=sum(protocol.dropped.values()),
+                )
             )
         return {
             "version": VERSION,
@@ -335,28 +352,27 @@ def mergeWorkers(
         open_ = sum(r["open"] for r in rows)
         limit = sum(r["limit"] for r in rows)
         listeners.append(
-            {
-                "endpoint": endpoint,
-                "bound": address,
-                "protocol": protocol,
-                "kind": "stream",
-                "state": listenerState(open_, limit, draining, bool(rows), budgetState),
-                "open": open_,
-                "limit": limit,
-                "accepted": sum(r["accepted"] for r in rows),
-                "refused": _addCounts(r["refused"] for r in rows),
-                "refused_total": sum(r["refused_total"] for r in rows),
-                "bytes_received": sum(r["bytes_received"] for r in rows),
-                "bytes_sent": sum(r["bytes_sent"] for r in rows),
-                "receive_rate_bytes_per_second": _sum(
+            listenerRow(
+                endpoint,
+                protocol,
+                listenerState(open_, limit, draining, bool(rows), budgetState),
+                bound=address,
+                open=open_,
+                limit=limit,
+                accepted=sum(r["accepted"] for r in rows),
+                refused=_addCounts(r["refused"] for r in rows),
+                refused_total=sum(r["refused_total"] for r in rows),
+                bytes_received=sum(r["bytes_received"] for r in rows),
+                bytes_sent=sum(r["bytes_sent"] for r in rows),
+                receive_rate_bytes_per_second=_sum(
                     r["receive_rate_bytes_per_second"] for r in rows
                 ),
-                "send_rate_bytes_per_second": _sum(
+                send_rate_bytes_per_second=_sum(
                     r["send_rate_bytes_per_second"] for r in rows
                 ),
-                "queued_bytes": sum(r["queued_bytes"] for r in rows),
-                "idle_closed": sum(r["idle_closed"] for r in rows),
-            }
+                queued_bytes=sum(r["queued_bytes"] for r in rows),
+                idle_closed=sum(r["idle_closed"] for r in rows),
+            )
         )
     listeners.extend(r for r in parent["listeners"] if r["kind"] == "datagram")
     connections: list[dict[str, Any]] = []
