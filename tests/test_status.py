@@ -281,6 +281,22 @@ class TokenTests(TestCase):
         )
 
     @inlineCallbacks
+    def test_tokenRotatedOnReload(self) -> None:
+        """
+        SIGHUP reads the token file again: the new token works at once, the
+        old one no longer does.
+        """
+        running = serve(self, admin=LOOPBACK, admin_token_file=self.tokenFile)
+        port = adminPortOf(running)
+        with open(self.tokenFile, "w") as f:
+            f.write("rotated\n")
+        running.server.reload()
+        code, _ = yield get(port, "/status.json", "Bearer s3cret-token")
+        self.assertEqual(code, 401)
+        code, _ = yield get(port, "/status.json", "Bearer rotated")
+        self.assertEqual(code, 200)
+
+    @inlineCallbacks
     def test_openWithoutToken(self) -> None:
         running = serve(self, admin=LOOPBACK)
         port = adminPortOf(running)
