@@ -4,14 +4,18 @@ C{python -m myserver ARGS} and the C{myserver} command: the same as
 C{twistd -n --pidfile= myserver ARGS} (in the foreground, no pid file).
 
 The commands beside serving are the first word: C{myserver check
-PROTOCOL} (L{myserver.check}) and C{myserver new-plugin NAME}
-(L{myserver.scaffold}).
+PROTOCOL} (L{myserver.check}), C{myserver new-plugin NAME}
+(L{myserver.scaffold}) and C{myserver status} (L{myserver.statuscmd}).
 """
 
 import sys
 from importlib import import_module
 
-COMMANDS = {"check": "myserver.check", "new-plugin": "myserver.scaffold"}
+COMMANDS = {
+    "check": "myserver.check",
+    "new-plugin": "myserver.scaffold",
+    "status": "myserver.statuscmd",
+}
 
 
 def main() -> None:

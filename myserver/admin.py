@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_admin -*-
 """
-The admin HTTP endpoint: C{/metrics}, C{/healthz}, C{/readyz}.
+The admin HTTP endpoint: C{/metrics}, C{/healthz}, C{/readyz}, and the
+status page, C{/status} (HTML) and C{/status.json} (L{myserver.status}).
 
 Serving traffic never touches prometheus_client: the hot paths count in
 plain integers on the transports, guards and registry, and
@@ -11,7 +12,13 @@ state without a lock on the hot path.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import json
 from collections.abc import Iterator
+from importlib.resources import files
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
@@ -23,16 +30,17 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from myserver.adopting import AdoptingReactor, releaseForSuccessor
 from myserver.generation import Generation
 from myserver.listening import EndpointService
+from myserver.status import StatusCollector, mergeWorkers
 
 log = Logger(namespace="myserver.admin")
 
@@ -297,32 +305,58 @@ def sumExpositions(texts: list[str]) -> bytes:
     return generate_latest(registry)
 
 
-class WorkerMetrics(Resource):
+def fetchFromWorker(reactor: Any, path: str, resource: bytes) -> Deferred[Any]:
     """
-    C{/metrics} of a parent with workers: this process's own metrics (its
-    UDP listeners, its process) plus every worker's, summed.
+    GET C{resource} from a worker's private admin socket at C{path}: the
+    body, or L{None} if it does not answer (it is restarting).
+    """
+    from twisted.internet.endpoints import UNIXClientEndpoint
+    from twisted.web.client import Agent, readBody
+
+    class ToWorker:
+        def endpointForURI(self, uri: Any) -> Any:
+            return UNIXClientEndpoint(reactor, path, timeout=5)
+
+    agent = Agent.usingEndpointFactory(reactor, ToWorker())
+    d: Deferred[Any] = agent.request(b"GET", b"http://worker" + resource)
+    d.addCallback(readBody)
+    d.addErrback(lambda failure: None)
+    return d
+
+
+class FromWorkers(Resource):
+    """
+    What a parent with workers answers from its own figures, C{local}, and
+    each worker's, read from the worker's private admin socket.
     """
 
     isLeaf = True
 
-    def __init__(self, local: CollectorRegistry, supervisor: Any, reactor: Any):
+    def __init__(self, local: Any, supervisor: Any, reactor: Any):
         super().__init__()
         self.local = local
         self.supervisor = supervisor
         self.reactor = reactor
 
-    def render_GET(self, request: Request) -> Any:
-        from twisted.internet.defer import gatherResults
-        from twisted.web.server import NOT_DONE_YET
 
+class WorkerMetrics(FromWorkers):
+    """
+    C{/metrics} of a parent with workers: this process's own metrics (its
+    UDP listeners, its process) plus every worker's, summed.
+    """
+
+    def render_GET(self, request: Request) -> Any:
         fetches = [
-            self._fetch(self.supervisor.adminSocket(index))
+            fetchFromWorker(
+                self.reactor, self.supervisor.adminSocket(index), b"/metrics"
+            )
             for index in sorted(self.supervisor.workers)
         ]
 
-        def respond(texts: list[str | None]) -> None:
+        def respond(bodies: list[bytes | None]) -> None:
             own = generate_latest(self.local).decode()
-            body = sumExpositions([own, *(t for t in texts if t is not None)])
+            texts = [body.decode() for body in bodies if body is not None]
+            body = sumExpositions([own, *texts])
             request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
             request.write(body)
             request.finish()
@@ -330,26 +364,184 @@ class WorkerMetrics(Resource):
         gatherResults(fetches).addCallback(respond)
         return NOT_DONE_YET
 
-    def _fetch(self, path: str) -> Deferred[str | None]:
-        """
-        One worker's metrics, or None if it does not answer (restarting).
-        """
-        from twisted.internet.endpoints import UNIXClientEndpoint
-        from twisted.web.client import Agent, readBody
 
-        reactor = self.reactor
+class AdminAccess:
+    """
+    Who may read what the admin endpoint says of clients: with a token
+    (C{admin_token_file}), only a request that gives it, as a bearer token
+    or as the password of HTTP basic authentication (any user name), so
+    that a browser asks for it once.
 
-        class ToWorker:
-            def endpointForURI(self, uri: Any) -> Any:
-                return UNIXClientEndpoint(reactor, path, timeout=5)
+    @ivar token: the token, or L{None} when none is asked for.
+    @ivar unauthorized: requests answered 401, for the metrics.
+    """
 
-        agent = Agent.usingEndpointFactory(reactor, ToWorker())
-        d: Deferred[Any] = agent.request(b"GET", b"http://worker/metrics")
-        d.addCallback(readBody)
-        d.addCallback(lambda body: body.decode())
-        d.addErrback(lambda failure: None)
-        text: Deferred[str | None] = d
-        return text
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        self.unauthorized = 0
+
+    def allows(self, request: Request) -> bool:
+        if self.token is None:
+            return True
+        raw = request.getHeader(b"authorization") or b""
+        header = raw.decode("latin-1").strip()
+        scheme, _, value = header.partition(" ")
+        given = ""
+        if scheme.lower() == "bearer":
+            given = value.strip()
+        elif scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(value.strip(), validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                decoded = ""
+            given = decoded.partition(":")[2]
+        # Digests of equal length, compared in constant time: neither the
+        # token's bytes nor its length can be learnt from the timing.
+        return hmac.compare_digest(
+            hashlib.sha256(given.encode()).digest(),
+            hashlib.sha256(self.token.encode()).digest(),
+        )
+
+
+class AccessCollector(Collector):
+    def __init__(self, access: AdminAccess) -> None:
+        self.access = access
+
+    def collect(self) -> Iterator[Any]:
+        yield CounterMetricFamily(
+            "myserver_admin_unauthorized",
+            "Admin requests refused (401) for a missing or wrong token.",
+            value=self.access.unauthorized,
+        )
+
+
+class Unauthorized(Resource):
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        request.setResponseCode(401)
+        request.responseHeaders.setRawHeaders(
+            b"www-authenticate",
+            [b'Basic realm="myserver admin", charset="UTF-8"', b"Bearer"],
+        )
+        request.setHeader(b"content-type", b"text/plain")
+        return b"unauthorized: this needs the admin token\n"
+
+
+class AdminRoot(Resource):
+    """
+    The admin site's root: the probes are open; what names clients (the
+    status page) or counts them (the metrics) asks for the token.
+    """
+
+    protected = (b"metrics", b"status", b"status.json")
+
+    def __init__(self, access: AdminAccess) -> None:
+        super().__init__()
+        self.access = access
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> Any:
+        if path in self.protected and not self.access.allows(request):
+            self.access.unauthorized += 1
+            return Unauthorized()
+        return super().getChildWithDefault(path, request)
+
+
+class StatusPage(Resource):
+    """
+    C{/status}: one self-contained HTML page (its script and styles are in
+    it: it works with no network) that reads C{/status.json} every few
+    seconds.
+    """
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.page = files("myserver").joinpath("status.html").read_bytes()
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(
+            b"content-security-policy",
+            b"default-src 'none'; script-src 'unsafe-inline'; "
+            b"style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+        )
+        return self.page
+
+
+def _json(request: Request, document: dict[str, Any]) -> bytes:
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return json.dumps(document, indent=1).encode() + b"\n"
+
+
+class StatusJSON(Resource):
+    """
+    C{/status.json} of one process: read at request time.
+    """
+
+    isLeaf = True
+
+    def __init__(self, collector: StatusCollector) -> None:
+        super().__init__()
+        self.collector = collector
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json(request, self.collector.collect())
+
+
+class WorkerStatusJSON(FromWorkers):
+    """
+    C{/status.json} of a parent with workers: each worker's, read from its
+    private admin socket as for the metrics, merged with the parent's own
+    (C{local}, a L{StatusCollector}).
+    """
+
+    def render_GET(self, request: Request) -> Any:
+        supervisor = self.supervisor
+        indexes = range(supervisor.count)
+        fetches = [
+            fetchFromWorker(self.reactor, supervisor.adminSocket(i), b"/status.json")
+            if i in supervisor.workers
+            else succeed(None)
+            for i in indexes
+        ]
+
+        def respond(bodies: list[bytes | None]) -> None:
+            workers = []
+            for index, body in zip(indexes, bodies, strict=True):
+                worker = supervisor.workers.get(index)
+                transport = getattr(worker, "transport", None)
+                workers.append(
+                    {
+                        "index": index,
+                        "pid": getattr(transport, "pid", None),
+                        "restarts": supervisor.restarts.get(index, 0),
+                        "running": worker is not None,
+                        "status": _parse(body),
+                    }
+                )
+            bound = [
+                (b.listener.endpoint, b.listener.protocol, b.describe())
+                for b in supervisor.bound
+            ]
+            merged = mergeWorkers(self.local.collect(), bound, workers)
+            request.write(_json(request, merged))
+            request.finish()
+
+        gatherResults(fetches).addCallback(respond)
+        return NOT_DONE_YET
+
+
+def _parse(body: bytes | None) -> Any:
+    if body is None:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 class AdminSite(Site):
@@ -369,22 +561,35 @@ def adminSite(
     datagrams: list[Any],
     reactor: Any,
     supervisor: Any = None,
+    token: str | None = None,
+    datagramServices: list[tuple[Any, Any]] | None = None,
     generation: Generation | None = None,
     upgrades: Any = None,
 ) -> Site:
     """
     @param supervisor: the L{myserver.workers.WorkerSupervisor}, when
         workers serve the stream listeners: metrics are then summed over
-        them.
+        them, and their status merged.
+    @param token: the admin token (C{admin_token_file}), if one is asked.
+    @param datagramServices: the datagram listeners with their guarded
+        protocols, for the status page.
     @param generation: this process's generation (live upgrades).
     @param upgrades: the L{myserver.upgrade.Upgrader}, when there is one.
     """
-    root = Resource()
+    access = AdminAccess(token)
+    # Reload (SIGHUP) finds it here, to apply a rotated token.
+    server.adminAccess = access
+    root = AdminRoot(access)
     local = metricsRegistry(server, datagrams, generation, upgrades)
+    local.register(AccessCollector(access))
+    collector = StatusCollector(server, datagramServices or [])
     if supervisor is None:
         root.putChild(b"metrics", Metrics(local))
+        root.putChild(b"status.json", StatusJSON(collector))
     else:
         root.putChild(b"metrics", WorkerMetrics(local, supervisor, reactor))
+        root.putChild(b"status.json", WorkerStatusJSON(collector, supervisor, reactor))
+    root.putChild(b"status", StatusPage())
     root.putChild(b"healthz", Health())
     root.putChild(b"readyz", Ready(server))
     return AdminSite(root)
@@ -422,7 +627,8 @@ class AdminService(EndpointService):
 
     def logListening(self, address: str) -> None:
         log.info(
-            "admin endpoint on {address}: /metrics /healthz /readyz", address=address
+            "admin endpoint on {address}: /metrics /healthz /readyz /status",
+            address=address,
         )
 
     def handOver(self) -> None:

@@ -51,6 +51,30 @@ def _readFile(path: str) -> dict[str, Any]:
         raise ConfigError(f"invalid TOML in {path}: not UTF-8 ({e.reason})") from None
 
 
+def _readToken(path: str, source: str) -> str:
+    """
+    The admin token in C{path}: its first line, without surrounding white
+    space (a trailing newline is what editors and C{echo} leave).
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4097)
+    except OSError as e:
+        raise ConfigError(
+            f"{source}: cannot read token file {path}: {e.strerror or e}"
+        ) from None
+    try:
+        lines = raw.decode().strip().splitlines()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: token file {path} is not UTF-8") from None
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ConfigError(f"{source}: token file {path} is empty")
+    if len(raw) > 4096 or len(lines) > 1:
+        raise ConfigError(f"{source}: token file {path} must hold one line: the token")
+    return token
+
+
 def _listenerFromTable(table: Mapping[str, Any]) -> Listener:
     unknown = set(table) - {"endpoint", "protocol", "options", *PER_LISTENER}
     if unknown:
@@ -176,6 +200,9 @@ def load(
             ) from None
         sources[name] = source
 
+    tokenFile = values.get("admin_token_file")
+    if tokenFile is not None:
+        values["admin_token"] = _readToken(tokenFile, sources["admin_token_file"])
     protocol = values.get("protocol", Config.protocol)
     listeners = values.pop("listen", [Listener(DEFAULT_ENDPOINT, "")])
     resolved = []

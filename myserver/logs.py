@@ -117,18 +117,21 @@ class RateLimitedLog:
         format: str,
         failure: Failure | None = None,
         **fields: Any,
-    ) -> None:
+    ) -> int | None:
         """
         Emit unless an event with the same C{key} was emitted less than
         C{interval} seconds ago.
 
         @param failure: attached to the event (its traceback is logged).
+        @return: L{None} when held back; else how many like it were held
+            back before it (what the status page's list of refusals shows,
+            at the log's own rate).
         """
         now = self._clock.seconds()
         last = self._lastEmitted.get(key)
         if last is not None and now - last < self._interval:
             self.suppressed[key] = self.suppressed.get(key, 0) + 1
-            return
+            return None
         self._lastEmitted[key] = now
         held = self.suppressed.pop(key, 0)
         if held:
@@ -138,3 +141,4 @@ class RateLimitedLog:
         self._logger.emit(
             level, format, suppressed=held, interval=self._interval, **fields
         )
+        return held

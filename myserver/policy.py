@@ -64,7 +64,19 @@ class Guard:
     @ivar handshakeTimeout: seconds from accept within which a connection
         must finish what comes before its protocol (the PROXY header, the
         TLS handshake); 0 for no deadline.
+    @ivar endpoint: the listener's endpoint string, for the status page.
+    @ivar address: the address it listens on (C{tcp:127.0.0.1:27015}), once
+        it does: what the status page names it by.
+    @ivar accepted: connections accepted (past admission) since start.
+    @ivar bytesReceived: bytes read from this listener's closed
+        connections (the open ones count their own), for the status page.
+    @ivar bytesSent: bytes sent to them, likewise.
     """
+
+    address: str | None = None
+    accepted = 0
+    bytesReceived = 0
+    bytesSent = 0
 
     def __init__(
         self,
@@ -80,7 +92,9 @@ class Guard:
         noDelay: bool = True,
         budget: OutputBudget | None = None,
         handshakeTimeout: float = 0.0,
+        endpoint: str = "",
     ) -> None:
+        self.endpoint = endpoint
         self.registry = registry
         self.budget = budget or OutputBudget(registry, 0)
         self.handshakeTimeout = handshakeTimeout
@@ -133,13 +147,36 @@ class Guard:
         Count and (rate-limited) log a refused connection.
         """
         self.count(reason)
-        self.warnings.emit(
+        shown = hostOf(peer) or str(peer)
+        self.remember(
             reason,
-            LogLevel.warn,
-            "refused a connection from {peer}: {reason}",
-            peer=hostOf(peer) or str(peer),
-            reason=reason,
+            shown,
+            self.warnings.emit(
+                reason,
+                LogLevel.warn,
+                "refused a connection from {peer}: {reason}",
+                peer=shown,
+                reason=reason,
+            ),
         )
+
+    def remember(self, reason: str, peer: str, held: int | None) -> None:
+        """
+        Keep a refusal that was logged (C{held} is what the rate-limited log
+        returned: L{None} when it held this one back) in the registry's
+        short list of the last ones, for the status page: at the log's rate,
+        so a flood costs no more there than in the log.
+        """
+        if held is not None:
+            self.registry.refusals.append(
+                {
+                    "time": self.clock.seconds(),
+                    "reason": reason,
+                    "peer": peer,
+                    "listener": self.address or self.endpoint,
+                    "suppressed": held,
+                }
+            )
 
     def shed(self, connection: Any, reason: str, why: str) -> None:
         """
@@ -147,13 +184,15 @@ class Guard:
         (rate-limited) with C{why}.
         """
         self.count(reason)
-        self.warnings.emit(
+        peer = hostOf(connection.clientAddress()) or str(connection.getPeer())
+        held = self.warnings.emit(
             reason,
             LogLevel.warn,
             "closed a connection from {peer}: {why}",
-            peer=hostOf(connection.clientAddress()) or str(connection.getPeer()),
+            peer=peer,
             why=why,
         )
+        self.remember(reason, peer, held)
         connection.abortConnection()
 
     def protocolFailed(self, where: str, peer: Any) -> None:
@@ -195,6 +234,7 @@ class Guard:
         if not getattr(connection.server, "proxied", False):
             self._countAddress(connection, connection.getPeer())
         self.connections.add(connection)
+        self.accepted += 1
         self.registry.add(connection)
         self.gate.opened(self)
 
@@ -224,6 +264,8 @@ class Guard:
             else:
                 del counts[key]
         self.connections.discard(connection)
+        self.bytesReceived += connection.bytesReceived
+        self.bytesSent += connection.bytesSent
         self.registry.remove(connection, reason)
         self.gate.closed(self)
 

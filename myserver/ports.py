@@ -200,7 +200,7 @@ class GuardedPort:
                     skt.close()
                     closed += 1
         self.guard.count(DESCRIPTORS_EXHAUSTED, closed)
-        self.guard.warnings.emit(
+        held = self.guard.warnings.emit(
             DESCRIPTORS_EXHAUSTED,
             LogLevel.warn,
             "out of file descriptors ({error}) accepting connections on "
@@ -210,6 +210,8 @@ class GuardedPort:
             listener=self._describe(),
             closed=closed,
         )
+        if closed:
+            self.guard.remember(DESCRIPTORS_EXHAUSTED, "?", held)
         if not closed:
             self._backOff()
 

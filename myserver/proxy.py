@@ -121,13 +121,15 @@ class GuardedProxyProtocol(HAProxyProtocolWrapper):
         guard = self.factory.guard
         transport: Any = self.transport
         guard.count(PROXY_HEADER)
-        guard.warnings.emit(
+        peer = hostOf(transport.getPeer()) or "?"
+        held = guard.warnings.emit(
             PROXY_HEADER,
             LogLevel.warn,
             "closed a connection from {peer}: {why}",
-            peer=hostOf(transport.getPeer()) or "?",
+            peer=peer,
             why=why,
         )
+        guard.remember(PROXY_HEADER, peer, held)
         transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

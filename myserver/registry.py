@@ -11,6 +11,7 @@ L{myserver.accepting.AcceptGate}, which reads the count from here.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import deque
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -21,6 +22,9 @@ from twisted.python.failure import Failure
 from myserver.admission import describeAddress
 
 log = Logger(namespace="myserver")
+
+# How many of the last refusals the status page lists.
+REFUSALS_KEPT = 50
 
 DURATION_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
 
@@ -64,6 +68,10 @@ class ConnectionRegistry:
         from the configured log level, so that the default level costs the
         accept path nothing.
     @ivar results: closed connections by how they ended.
+    @ivar refusals: the last refusals logged (at the log's rate), newest
+        last, for the status page: dicts of C{time} (POSIX seconds),
+        C{reason}, C{peer}, C{listener} and C{suppressed} (how many like it
+        were held back before it).
     """
 
     def __init__(self, logConnections: bool = False) -> None:
@@ -75,6 +83,7 @@ class ConnectionRegistry:
         self.bytesReceived = 0
         self.bytesSent = 0
         self.durations = Histogram(DURATION_BUCKETS)
+        self.refusals: deque[dict[str, Any]] = deque(maxlen=REFUSALS_KEPT)
 
     def __len__(self) -> int:
         return len(self.connections)

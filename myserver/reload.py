@@ -129,6 +129,10 @@ class Reconfigure:
         if self.setLogLevel is not None:
             self.setLogLevel(new.log_level)
         self.server.registry.logConnections = new.log_level == "debug"
+        access = getattr(self.server, "adminAccess", None)
+        if access is not None:
+            # A rotated token takes effect at once.
+            access.token = new.admin_token
         if self.workers is not None:
             self.workers(replace(new, workers=old.workers))
         log.info("configuration reloaded")

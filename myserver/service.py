@@ -20,11 +20,12 @@ from typing import Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IProtocolFactory
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from myserver.accepting import AcceptGate
+from myserver.admission import describeAddress
 from myserver.adopting import AdoptingReactor
 from myserver.budget import MemoryReturner
 from myserver.endpoints import releaseKeptPassedSockets
@@ -92,6 +93,11 @@ class ListenerService(EndpointService):
         super().__init__(endpoint, factory, spec)
         self.listener = listener
         self.guard = guard
+
+    def listening(self, port: IListeningPort) -> IListeningPort:
+        # The status page names the listener by the address it bound.
+        self.guard.address = describeAddress(port.getHost())
+        return super().listening(port)
 
     def logListening(self, address: str) -> None:
         log.info(

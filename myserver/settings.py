@@ -76,6 +76,10 @@ class Config:
     upgrade_timeout: float = 60.0
     workers: int = 1
     admin: str | None = None
+    admin_token_file: str | None = None
+    # The token read from admin_token_file (by myserver.config.load): not a
+    # setting of its own, and never rendered or shown.
+    admin_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
     log_format: str = "text"
     config: str | None = None
@@ -270,6 +274,18 @@ def parseAdmin(value: object) -> str | None:
     return value
 
 
+def parsePath(value: object) -> str | None:
+    """
+    A file's path, or C{off} (or empty) for none.  Whether the file can be
+    read is checked by L{myserver.config.load}.
+    """
+    if not isinstance(value, str):
+        raise ValueError("expected a file's path")
+    if value.strip().lower() in ("", "off", "none"):
+        return None
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
     """
@@ -383,8 +399,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "admin",
         lambda value: parseAdmin(value),
-        "Endpoint for the admin HTTP server (/metrics /healthz /readyz), e.g. "
-        "tcp:9027:interface=127.0.0.1; off by default.",
+        "Endpoint for the admin HTTP server (/metrics /healthz /readyz "
+        "/status /status.json), e.g. tcp:9027:interface=127.0.0.1; off by default.",
+    ),
+    Setting(
+        "admin_token_file",
+        lambda value: parsePath(value),
+        "File holding a token that /metrics, /status and /status.json ask "
+        "for (a bearer token, or a basic-auth password); /healthz and /readyz "
+        "stay open.",
     ),
     Setting("log_level", _choice(LOG_LEVELS), "One of " + ", ".join(LOG_LEVELS)),
     Setting("log_format", _choice(LOG_FORMATS), "text, or json: one object a line."),

@@ -316,6 +316,7 @@ def _serve(
         noDelay=setting("tcp_nodelay"),
         budget=gate.budget,
         handshakeTimeout=setting("handshake_timeout"),
+        endpoint=listener.endpoint,
     )
     return ListenerService(listener, factory, guard, reactor, inherited), guard
 
@@ -411,7 +412,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     admin = None
     if config.admin is not None:
         datagrams = [t for _, t in targets if not isinstance(t, Guard)]
-        site = adminSite(server, datagrams, reactor, supervisor, generation, upgrader)
+        site = adminSite(
+            server,
+            datagrams,
+            reactor,
+            supervisor,
+            token=config.admin_token,
+            datagramServices=[
+                (listener, t) for listener, t in targets if not isinstance(t, Guard)
+            ],
+            generation=generation,
+            upgrades=upgrader,
+        )
         # Added before the server: stopping runs in reverse, so the server
         # starts draining (and /readyz says so) before the admin stops.
         admin = AdminService(

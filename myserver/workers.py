@@ -105,6 +105,12 @@ class BoundSockets:
         self.listener = listener
         self.sockets = sockets
 
+    def describe(self) -> str:
+        """
+        The address bound, as the listener's log line names it.
+        """
+        return _describe(self.sockets[0])
+
     def forWorker(self, index: int) -> socket.socket:
         return self.sockets[index % len(self.sockets)]
 
@@ -295,7 +301,11 @@ def workerConfig(config: Config, endpoints: list[str], workers: int) -> str:
         config,
         listen=listeners,
         workers=1,
+        # A worker's admin endpoint is a private socket of the parent's
+        # (in a directory only this user can enter): no token.
         admin=None,
+        admin_token_file=None,
+        admin_token=None,
         max_connections=max(1, math.ceil(config.max_connections / workers)),
         max_connections_per_ip=math.ceil(config.max_connections_per_ip / workers),
         sources={},
@@ -353,6 +363,9 @@ class WorkerSupervisor(Service):
         self.count = config.workers
         self.bound: list[BoundSockets] = []
         self.workers: dict[int, Worker] = {}
+        # Times each worker was started again after it died, for the status
+        # page.
+        self.restarts: dict[int, int] = {}
         self.stopping = False
         self.inheritance = inheritance or Inheritance()
         self.oldWorkers: dict[int, int] = dict(self.inheritance.workers)
@@ -595,6 +608,7 @@ class WorkerSupervisor(Service):
             del self.workers[worker.index]
         if self.stopping:
             return
+        self.restarts[worker.index] = self.restarts.get(worker.index, 0) + 1
         log.warn(
             "worker {index} ended unexpectedly ({reason}); starting another",
             index=worker.index,
