@@ -253,15 +253,35 @@ def _pingpongCount(
 
 def runCost(kind: str, options: argparse.Namespace) -> dict[str, Any]:
     """
-    Instructions per echoed 1 KiB message under callgrind.
+    Instructions per echoed 1 KiB message, and per connection (the
+    connect-rate flow, one client at a time), under callgrind.
     """
-    totals = []
-    counts = (2000, 6000) if not options.quick else (1000, 3000)
     # A first start may write caches (bytecode, Twisted's plugin cache)
     # that later starts only read: keep that out of the measured runs.
     with running(kind, options.server_args):
         pass
-    for messages in counts:
+    messages = (2000, 6000) if not options.quick else (1000, 3000)
+    connections = (200, 600) if not options.quick else (100, 300)
+    return {
+        "instructions_per_message": _perOperation(
+            kind, options, _pingpongCount, messages
+        ),
+        "instructions_per_connection": _perOperation(
+            kind, options, _connectCount, connections
+        ),
+    }
+
+
+def _perOperation(
+    kind: str, options: argparse.Namespace, drive: Any, counts: tuple[int, int]
+) -> float:
+    """
+    Instructions per operation: two runs under callgrind, C{drive(port,
+    count)} for each count, the difference divided by the difference, so
+    that start-up cancels out.
+    """
+    totals = []
+    for count in counts:
         with tempfile.TemporaryDirectory() as scratch:
             out = os.path.join(scratch, "callgrind.out")
             # A fixed hash seed makes both runs' start-up the same work, so
@@ -272,25 +292,9 @@ def runCost(kind: str, options: argparse.Namespace) -> dict[str, Any]:
                 "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
             ]  # fmt: skip
             with running(kind, options.server_args, prefix) as (port, _):
-                _pingpongCount(port, messages)
+                drive(port, count)
             totals.append(_callgrindTotal(out))
-    perConnection = []
-    connections = (200, 600) if not options.quick else (100, 300)
-    for count in connections:
-        with tempfile.TemporaryDirectory() as scratch:
-            out = os.path.join(scratch, "callgrind.out")
-            prefix = [
-                "env", "PYTHONHASHSEED=0",
-                "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-            ]  # fmt: skip
-            with running(kind, options.server_args, prefix) as (port, _):
-                _connectCount(port, count)
-            perConnection.append(_callgrindTotal(out))
-    return {
-        "instructions_per_message": (totals[1] - totals[0]) / (counts[1] - counts[0]),
-        "instructions_per_connection": (perConnection[1] - perConnection[0])
-        / (connections[1] - connections[0]),
-    }
+    return (totals[1] - totals[0]) / (counts[1] - counts[0])
 
 
 def _callgrindTotal(path: str) -> int:
