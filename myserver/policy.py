@@ -231,7 +231,9 @@ class Guard:
         )
 
     def opened(self, connection: Any) -> None:
-        if not getattr(connection.server, "proxied", False):
+        if self.admission.maxPerAddress and not getattr(
+            connection.server, "proxied", False
+        ):
             self._countAddress(connection, connection.getPeer())
         self.connections.add(connection)
         self.accepted += 1

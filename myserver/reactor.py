@@ -24,8 +24,17 @@ Twisted internals this module relies on (checked by
 C{tests.test_twistedcontract}, which also compares a hash of Twisted's own
 C{EPollReactor.doPoll} with the one this copy was made from, so that an
 upgrade that changes it fails loudly): C{EPollReactor.doPoll}'s body,
-copied with one change; C{_poller}, C{_selectables} and
-C{_doReadOrWrite}, which it uses.
+copied with one change; C{_poller}, C{_selectables}, C{_doReadOrWrite}
+and C{_disconnectSelectable}, which it uses.
+
+A direct selectable whose event is read readiness alone (nearly every event
+of a busy server) is read without C{_doReadOrWrite}: that function's
+checks (hang-up flags, C{fileno() == -1}, write readiness) are for other
+events and other selectables, and skipping its frame saves about a tenth
+of what an echoed message costs.  What it does with the result and with an
+exception is done the same way here: a reason to disconnect goes to
+C{_disconnectSelectable} as a read's, and an exception is logged and
+disconnects the selectable.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
 from twisted.python import log
+
+_EPOLLIN = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
 
 
 class DirectEPollReactor(EPollReactor):
@@ -62,7 +73,19 @@ class DirectEPollReactor(EPollReactor):
                 continue
             if getattr(selectable, "directDispatch", False):
                 try:
-                    doReadOrWrite(selectable, fd, event)
+                    if event == _EPOLLIN:
+                        try:
+                            why = selectable.doRead()
+                        except KeyboardInterrupt:
+                            raise
+                        except BaseException:
+                            # As _doReadOrWrite: log, and disconnect.
+                            why = sys.exc_info()[1]
+                            log.err()
+                        if why:
+                            self._disconnectSelectable(selectable, why, True)
+                    else:
+                        doReadOrWrite(selectable, fd, event)
                 except KeyboardInterrupt:
                     raise
                 except BaseException:

@@ -303,3 +303,119 @@ class DrainTests(TestCase):
         self.assertEqual(connection.read(), b"last words")
         self.successResultOf(stopped)
         self.assertEqual(memory.registry.results, {"closed": 1})
+
+
+class ReplyThenClose(Protocol):
+    """
+    Reads nothing: waits a moment (the client's bytes arrive and stay
+    unread in the kernel), writes a reply and closes, from a timer or, with
+    C{inConnectionMade}, at once as daytime does.
+    """
+
+    inConnectionMade = False
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.pauseProducing()  # type: ignore[attr-defined]
+        if self.inConnectionMade:
+            self.reply()
+        else:
+            reactor.callLater(0.2, self.reply)  # type: ignore[attr-defined]
+
+    def reply(self) -> None:
+        assert self.transport is not None
+        self.transport.write(b"reply")
+        self.transport.loseConnection()
+
+
+class ReplyInConnectionMade(ReplyThenClose):
+    inConnectionMade = True
+
+
+def sendAndWatchClose(port: int, unread: bytes) -> tuple[bytes, str]:
+    """
+    Connect, send C{unread}, read until the server's close.
+
+    @return: what arrived, and how the connection ended (C{eof}, C{reset}).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        if unread:
+            client.sendall(unread)
+        received = b""
+        while True:
+            try:
+                data = client.recv(65536)
+            except ConnectionResetError:
+                return received, "reset"
+            if not data:
+                return received, "eof"
+            received += data
+
+
+class CloseSemanticsTests(TestCase):
+    """
+    The guarded transport's cheaper close (no write-readiness detour, no
+    C{shutdown} after the peer's EOF) ends a connection on the wire as
+    Twisted's own transport does: a client whose bytes the protocol never
+    read gets what the protocol wrote, then the same close.
+    """
+
+    serve = AcceptLoopTests.serve
+    connect = AcceptLoopTests.connect
+
+    @inlineCallbacks
+    def compareWithTwisted(self, protocol: type[Protocol], unread: bytes) -> Any:
+        ours = yield self.serve(Factory.forProtocol(protocol))
+        plain = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, Factory.forProtocol(protocol), interface="127.0.0.1"
+        )
+        self.addCleanup(plain.stopListening)
+        fromTwisted = yield deferToThread(
+            sendAndWatchClose, plain.getHost().port, unread
+        )
+        fromOurs = yield deferToThread(sendAndWatchClose, ours, unread)
+        self.assertEqual(fromOurs, fromTwisted)
+        return fromOurs
+
+    @inlineCallbacks
+    def test_unreadInputFromTimer(self) -> Any:
+        """
+        Closed from a timer, with the client's bytes unread.
+        """
+        received, how = yield self.compareWithTwisted(ReplyThenClose, b"x" * 1000)
+        self.assertEqual(received, b"reply")
+        self.assertEqual(how, "eof")
+
+    @inlineCallbacks
+    def test_unreadInputInConnectionMade(self) -> Any:
+        """
+        Closed from connectionMade (the shortcut that skips the reactor
+        turn).
+        """
+        received, _ = yield self.compareWithTwisted(ReplyInConnectionMade, b"")
+        self.assertEqual(received, b"reply")
+
+    @inlineCallbacks
+    def test_closedInConnectionMadeClosesAtOnce(self) -> Any:
+        """
+        A protocol that writes and closes in connectionMade is closed before
+        the accept loop returns: no write-readiness registration, no
+        reactor turn.
+        """
+        yield self.serve(Factory.forProtocol(ReplyInConnectionMade))
+        client = self.connect(self.listener.port.getHost().port)  # type: ignore[union-attr]
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(client.recv(100), b"reply")
+        self.assertEqual(client.recv(100), b"")
+        self.assertEqual(len(self.guard.connections), 0)
+        self.assertEqual(self.guard.registry.results, {"closed": 1})
+
+    @inlineCallbacks
+    def test_echoClosesWithFin(self) -> Any:
+        """
+        After the peer's EOF the echo closes with a plain FIN (close
+        without shutdown): every byte, then EOF, as from Twisted.
+        """
+        port = yield self.serve(buildFactory({}))
+        echoed = yield deferToThread(echoOnce, port, PAYLOAD)
+        self.assertEqual(echoed, PAYLOAD)

@@ -30,11 +30,19 @@ from twisted.internet import (
     tcp,
     unix,
 )
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.protocols.haproxy import _exceptions, _v1parser, _v2parser, _wrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python import systemd
 from twisted.scripts import _twistd_unix
 from twisted.trial.unittest import TestCase
+
+from myserver.accepting import AcceptGate
+from myserver.policy import Guard
+from myserver.registry import ConnectionRegistry
+from myserver.transport import GuardedServer, GuardedUNIXServer
 
 # sha256 of inspect.getsource(EPollReactor.doPoll) in the Twisted versions
 # myserver's copy (DirectEPollReactor.doPoll) was checked against: 24.7.0
@@ -86,6 +94,61 @@ class PrivateNamesTests(ContractTestCase):
         self.assertKind(tcp.Port, "_fromListeningDescriptor", classmethod, user)
         self.assertKind(unix.Port, "_fromListeningDescriptor", classmethod, user)
         self.assertEqual(tcp.Port.addressFamily, socket.AF_INET, user)
+
+    def test_serverConstructor(self) -> None:
+        """
+        L{GuardedServer} sets what Twisted's C{tcp.Server} constructor sets
+        (and C{unix.Server}'s, for the UNIX transport), except the log
+        strings it makes on demand: a Twisted upgrade that adds an
+        attribute there fails here.
+        """
+        reactor = MemoryReactor()
+        registry = ConnectionRegistry()
+        port: Any = types.SimpleNamespace(
+            guard=Guard(registry, AcceptGate(registry, 10), Clock()),
+            _realPortNumber=1,
+        )
+        lazy = {"logstr", "repstr"}
+        cases = [
+            (tcp.Server, GuardedServer, socket.AF_INET, ("127.0.0.1", 1)),
+            (unix.Server, GuardedUNIXServer, socket.AF_UNIX, ""),
+        ]
+        for twisted, ours, family, client in cases:
+            skts = [socket.socket(family, socket.SOCK_STREAM) for _ in range(2)]
+            for skt in skts:
+                self.addCleanup(skt.close)
+            theirs = twisted(skts[0], Protocol(), client, port, 0, reactor)
+            mine = ours(skts[1], Protocol(), client, port, 0, reactor)
+            self.assertEqual(
+                set(vars(theirs)) - set(vars(mine)) - lazy,
+                set(),
+                f"{twisted.__module__}.{twisted.__qualname__}.__init__ sets "
+                "more: re-check myserver.transport (GuardedServer.__init__)",
+            )
+            self.assertEqual(theirs.logstr, mine.logstr)
+            self.assertEqual(repr(theirs), repr(mine))
+
+    def test_closePath(self) -> None:
+        """
+        What the guarded transport's close overrides and reads, and the
+        reactor's disconnect helper its dispatch calls.
+        """
+        user = "myserver.transport (_closeSocket, loseConnection)"
+        self.assertKind(tcp._SocketCloser, "_closeSocket", types.FunctionType, user)
+        self.assertIs(tcp.Server.TLS, False, user)
+        self.assertKind(
+            abstract.FileDescriptor, "_getLogPrefix", types.FunctionType, user
+        )
+        self.assertKind(
+            epollreactor.EPollReactor,
+            "_disconnectSelectable",
+            types.FunctionType,
+            "myserver.reactor (DirectEPollReactor.doPoll)",
+        )
+        self.assertTrue(
+            callable(getattr(socket.socket, "_accept", None)),
+            "CPython's socket._accept: re-check myserver.ports (GuardedPort.doRead)",
+        )
 
     def test_startTLS(self) -> None:
         """

@@ -85,6 +85,10 @@ def running(
     Start a server, wait for its port, stop it afterwards.
     """
     serverCpu, _ = _cpus()
+    if any(arg.startswith("--workers") for arg in serverArgs):
+        # Workers are there to use every core: not pinned (the load then
+        # shares the cores with them).
+        serverCpu = None
     with tempfile.TemporaryDirectory() as scratch:
         portFile = os.path.join(scratch, "port")
         process = subprocess.Popen(
@@ -249,15 +253,35 @@ def _pingpongCount(
 
 def runCost(kind: str, options: argparse.Namespace) -> dict[str, Any]:
     """
-    Instructions per echoed 1 KiB message under callgrind.
+    Instructions per echoed 1 KiB message, and per connection (the
+    connect-rate flow, one client at a time), under callgrind.
     """
-    totals = []
-    counts = (2000, 6000) if not options.quick else (1000, 3000)
     # A first start may write caches (bytecode, Twisted's plugin cache)
     # that later starts only read: keep that out of the measured runs.
     with running(kind, options.server_args):
         pass
-    for messages in counts:
+    messages = (2000, 6000) if not options.quick else (1000, 3000)
+    connections = (200, 600) if not options.quick else (100, 300)
+    return {
+        "instructions_per_message": _perOperation(
+            kind, options, _pingpongCount, messages
+        ),
+        "instructions_per_connection": _perOperation(
+            kind, options, _connectCount, connections
+        ),
+    }
+
+
+def _perOperation(
+    kind: str, options: argparse.Namespace, drive: Any, counts: tuple[int, int]
+) -> float:
+    """
+    Instructions per operation: two runs under callgrind, C{drive(port,
+    count)} for each count, the difference divided by the difference, so
+    that start-up cancels out.
+    """
+    totals = []
+    for count in counts:
         with tempfile.TemporaryDirectory() as scratch:
             out = os.path.join(scratch, "callgrind.out")
             # A fixed hash seed makes both runs' start-up the same work, so
@@ -268,46 +292,104 @@ def runCost(kind: str, options: argparse.Namespace) -> dict[str, Any]:
                 "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
             ]  # fmt: skip
             with running(kind, options.server_args, prefix) as (port, _):
-                _pingpongCount(port, messages)
-            with open(out) as f:
-                summary = next(
-                    line for line in f if line.startswith(("summary:", "totals:"))
-                )
-            totals.append(int(summary.split()[1]))
-    return {
-        "instructions_per_message": (totals[1] - totals[0]) / (counts[1] - counts[0])
-    }
+                drive(port, count)
+            totals.append(_callgrindTotal(out))
+    return (totals[1] - totals[0]) / (counts[1] - counts[0])
+
+
+def _callgrindTotal(path: str) -> int:
+    with open(path) as f:
+        summary = next(line for line in f if line.startswith(("summary:", "totals:")))
+    return int(summary.split()[1])
+
+
+def _connectCount(port: int, connections: int, size: int = 1024) -> None:
+    """
+    The connect-rate client flow, one client at a time: connect, send
+    C{size} bytes, half-close, read to EOF, close.
+    """
+    payload = b"c" * size
+    for _ in range(connections):
+        with socket.create_connection(("127.0.0.1", port), timeout=600) as client:
+            client.sendall(payload)
+            client.shutdown(socket.SHUT_WR)
+            received = b""
+            while data := client.recv(65536):
+                received += data
+            if received != payload:
+                raise WrongBytes("connect-count echo differs")
 
 
 # Scenarios that run the server under a tool, and the tool.
 NEEDS_TOOL = {"cost": "valgrind", "syscalls": "strace"}
 
 
+def _straced(pid: int, load: Any) -> tuple[dict[str, int], Any]:
+    """
+    Run C{load()} with C{strace -c -f} attached to process C{pid}.
+
+    @return: the calls counted, by system call, and what C{load} returned.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "strace")
+        tracer = subprocess.Popen(
+            ["strace", "-c", "-f", "-o", out, "-p", str(pid)],
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
+        result = load()
+        time.sleep(0.3)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(60)
+        calls: dict[str, int] = {}
+        with open(out) as f:
+            for line in f:
+                fields = line.split()
+                # % time, seconds, usecs/call, calls, [errors,] syscall
+                if len(fields) >= 5 and fields[0][0].isdigit():
+                    if fields[-1] != "total":
+                        calls[fields[-1]] = int(fields[3])
+    return calls, result
+
+
 def runSyscalls(kind: str, options: argparse.Namespace) -> dict[str, Any]:
     """
-    System calls per echoed 1 KiB message, counted by C{strace -c} attached
-    to the server for a fixed number of messages.
+    System calls per echoed 1 KiB message (pingpong over 10 connections)
+    and per connection (the connect-rate flow: 32 clients at once from the
+    load generator, and one at a time), counted by C{strace -c -f} attached
+    to the server, with the calls per connection listed by name.
     """
     messages = 2000 if options.quick else 20000
+    _, loadCpus = _cpus()
     with running(kind, options.server_args) as (port, process):
         _pingpongCount(port, 100)
-        with tempfile.TemporaryDirectory() as scratch:
-            out = os.path.join(scratch, "strace")
-            tracer = subprocess.Popen(
-                ["strace", "-c", "-f", "-o", out, "-p", str(process.pid)],
-                stderr=subprocess.DEVNULL,
-            )
-            time.sleep(1.0)
-            _pingpongCount(port, messages)
-            tracer.send_signal(signal.SIGINT)
-            tracer.wait(60)
-            with open(out) as f:
-                total = next(
-                    int(line.split()[3])
-                    for line in f
-                    if line.rstrip().endswith("total")
-                )
-    return {"syscalls_per_message": total / messages}
+        calls, _ = _straced(process.pid, lambda: _pingpongCount(port, messages))
+        perMessage = sum(calls.values()) / messages
+        calls, result = _straced(
+            process.pid,
+            lambda: generate(
+                "connect-rate",
+                port,
+                32,
+                1024,
+                1.0 if options.quick else 3.0,
+                1,
+                loadCpus,
+            ),
+        )
+        done = max(1, result.operations)
+        one = 100 if options.quick else 1000
+        alone, _ = _straced(process.pid, lambda: _connectCount(port, one))
+    return {
+        "syscalls_per_message": perMessage,
+        "syscalls_per_connection": sum(calls.values()) / done,
+        "syscalls_per_connection_alone": sum(alone.values()) / one,
+        "syscalls_by_name": {
+            name: round(count / done, 2)
+            for name, count in sorted(calls.items(), key=lambda item: -item[1])
+            if count / done >= 0.01
+        },
+    }
 
 
 def plot(report: dict[str, Any], path: str) -> bool:
@@ -326,9 +408,14 @@ def plot(report: dict[str, Any], path: str) -> bool:
         print("no plot: matplotlib is not installed", file=sys.stderr)
         return False
     scenarios = [
-        (name, data)
+        (name, data["metric"], data["ratio_of_myserver_to"])
         for name, data in report["scenarios"].items()
         if data["ratio_of_myserver_to"]
+    ] + [
+        (name, key.rpartition("_by_")[2], data[key])
+        for name, data in report["scenarios"].items()
+        for key in data
+        if key.startswith("ratio_of_myserver_to_by_") and data[key]
     ]
     columns = max(1, min(4, len(scenarios)))
     rows = max(1, -(-len(scenarios) // columns))
@@ -337,19 +424,17 @@ def plot(report: dict[str, Any], path: str) -> bool:
     )
     for axis in axes.flat[len(scenarios) :]:
         axis.set_visible(False)
-    for axis, (name, data) in zip(axes.flat, scenarios, strict=False):
-        peers = list(data["ratio_of_myserver_to"])
-        ratios = [data["ratio_of_myserver_to"][p] for p in peers]
-        higherIsBetter = data["metric"] == "rate"
+    for axis, (name, metric, byPeer) in zip(axes.flat, scenarios, strict=False):
+        peers = list(byPeer)
+        ratios = [byPeer[p] for p in peers]
+        higherIsBetter = metric == "rate"
         colours = [
             "tab:green" if (r >= 1) == higherIsBetter else "tab:red" for r in ratios
         ]
         axis.bar(peers, ratios, color=colours)
         axis.axhline(1.0, color="black", linewidth=0.8)
         better = "higher" if higherIsBetter else "lower"
-        axis.set_title(
-            f"{name}: myserver / peer\n({data['metric']}, {better} is better)"
-        )
+        axis.set_title(f"{name}: myserver / peer\n({metric}, {better} is better)")
         axis.tick_params(axis="x", labelrotation=30)
         axis.set_ylim(0, max([*ratios, 1.0]) * 1.15)
         for x, ratio in enumerate(ratios):
@@ -488,6 +573,7 @@ def summarise(
                 if isinstance(runs[0][key], int | float)
                 and not isinstance(runs[0][key], bool)
             }
+            | {key: value for key, value in runs[0].items() if isinstance(value, dict)}
             | {"verified": all(run.get("verified", True) for run in runs)}
             for server, runs in byServer.items()
             if runs
@@ -504,6 +590,15 @@ def summarise(
             "servers": medians,
             "ratio_of_myserver_to": _ratios(medians, metric),
         }
+        secondary = {
+            "rate": "server_cpu_us",
+            "cost": "instructions_per_connection",
+            "syscalls": "syscalls_per_connection",
+        }.get(metric if metric == "rate" else scenario)
+        if secondary:
+            report["scenarios"][scenario][f"ratio_of_myserver_to_by_{secondary}"] = (
+                _ratios(medians, secondary)
+            )
         if metric == "rate":
             report["scenarios"][scenario]["cpu_ratio_of_myserver_to"] = _ratios(
                 medians, "server_cpu_us"
@@ -526,23 +621,46 @@ def _ratios(medians: dict[str, dict[str, Any]], key: str) -> dict[str, float]:
 
 
 def table(report: dict[str, Any]) -> str:
+    """
+    One block per scenario, one line per server: the scenario's figure,
+    every other figure measured, and myserver's ratio to that server (on
+    rates, "client-bound?" where the server used under 90 % of its core:
+    then its CPU per operation is the figure to compare).
+    """
     lines = []
     for scenario, data in report["scenarios"].items():
         lines.append(f"{scenario} ({data['metric']}, median)")
         for server, values in data["servers"].items():
             extra = ""
             if "p50_ms" in values:
+                bound = "  client-bound?" if values["server_busy"] < 0.9 else ""
                 extra = (
                     f"  p50 {values['p50_ms']:.2f} ms  p99 {values['p99_ms']:.2f} ms"
                     f"  server CPU {values['server_cpu_us']:.1f} us/op"
-                    f" ({values['server_busy']:.0%} busy)"
+                    f" ({values['server_busy']:.0%} of its core){bound}"
                 )
+            for key, value in values.items():
+                if key == data["metric"] or key in _SHOWN_WITH_RATE:
+                    continue
+                if isinstance(value, float | int) and not isinstance(value, bool):
+                    extra += f"  {key} {value:.2f}"
+                elif isinstance(value, dict):
+                    listed = " ".join(f"{k}={v}" for k, v in value.items())
+                    extra += f"\n      {key}: {listed}"
             ratio = data["ratio_of_myserver_to"].get(server)
             shown = f"  myserver/{server} = {ratio:.2f}" if ratio else ""
+            cpu = data.get("cpu_ratio_of_myserver_to", {}).get(server)
+            if cpu:
+                shown += f" (CPU/op {cpu:.2f})"
             lines.append(
-                f"  {server:<16} {values[data['metric']]:>12.2f}{extra}{shown}"
+                f"  {server:<16} {values[data['metric']]:>12.2f}{shown}{extra}"
             )
     return "\n".join(lines)
+
+
+_SHOWN_WITH_RATE = {
+    "p50_ms", "p99_ms", "server_cpu_us", "server_busy", "verified", "operations",
+}  # fmt: skip
 
 
 if __name__ == "__main__":

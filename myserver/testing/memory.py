@@ -86,6 +86,18 @@ class MemorySocket:
         self.outgoing += taken
         return len(taken)
 
+    def read(self, fd: int, size: int) -> bytes:
+        """
+        What the guarded transport calls instead of C{os.read(fd, size)}.
+        """
+        return self.recv(size)
+
+    def write(self, fd: int, data: bytes | memoryview) -> int:
+        """
+        What the guarded transport calls instead of C{os.write(fd, data)}.
+        """
+        return self.send(data)
+
     def setblocking(self, flag: bool) -> None:
         pass
 
