@@ -11,6 +11,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -20,7 +21,14 @@ from collections.abc import Callable, Sequence
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from myserver.generation import GENERATION, UPGRADED_AT, Generation, current
-from tests.support import ServerProcess, assertNoTraceback, exchange, processTest
+from tests.support import (
+    ServerProcess,
+    assertNoTraceback,
+    exchange,
+    processTest,
+    requireTool,
+)
+from tests.test_tls import makePair
 
 
 class GenerationTests(SynchronousTestCase):
@@ -386,6 +394,47 @@ class UpgradeTests(TestCase):
         with socket.create_connection(server.addresses[0], timeout=10) as sock:
             self.assertEqual(exchange(sock, b"upgraded", 10), b"upgraded")
         self.assertEqual(server.stop(), 0)
+
+    def test_everyListenerKind(self) -> None:
+        """
+        TCP6, TLS (tlsreload:), PROXY (haproxy:) and UDP listeners go on
+        serving on the same sockets through an upgrade, as TCP and UNIX do.
+        """
+        requireTool("openssl")
+        cert, key = makePair(self.directory, "server")
+        with open(self.configPath, "w") as f:
+            f.write(
+                'listen = ["tcp6:0:interface=\\\\:\\\\:1", '
+                f'"tlsreload:0:certKey={cert}:privateKey={key}:interface=127.0.0.1", '
+                '"haproxy:tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"]\n'
+            )
+        server = self.serve()
+        server.waitFor(lambda: len(server.addresses) >= 4)
+        (v6, tls, proxied, udp) = server.addresses[:4]
+        context = ssl.create_default_context(cafile=cert)
+
+        def everyKind(text: bytes) -> None:
+            with socket.create_connection(v6, timeout=10) as sock:
+                self.assertEqual(exchange(sock, text, 10), text)
+            raw = socket.create_connection(tls, timeout=10)
+            with context.wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(text)
+                self.assertEqual(sock.recv(100), text)
+            with socket.create_connection(proxied, timeout=10) as sock:
+                header = b"PROXY TCP4 192.0.2.1 127.0.0.1 40000 27015\r\n"
+                self.assertEqual(exchange(sock, header + text, 10), text)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(10)
+                sock.sendto(text, udp)
+                self.assertEqual(sock.recv(100), text)
+
+        everyKind(b"generation 1")
+        for number in (2, 3):
+            self.assertIsNotNone(server.upgrade())
+            everyKind(b"generation %d" % number)
+        self.assertIn("with 4 listening sockets", server.output)
+        self.assertEqual(server.stop(), 0)
+        assertNoTraceback(self, server.output)
 
     def test_pidFileTakenOver(self) -> None:
         """
