@@ -253,7 +253,7 @@ def sumExpositions(texts: list[str]) -> bytes:
 class WorkerMetrics(Resource):
     """
     C{/metrics} of a parent with workers: this process's own metrics (its
-    UDP listeners, its process) plus every worker's, summed.
+    UDP listeners where it serves them, its process) plus every worker's, summed.
     """
 
     isLeaf = True
@@ -322,7 +322,7 @@ def adminSite(
 ) -> Site:
     """
     @param supervisor: the L{myserver.workers.WorkerSupervisor}, when
-        workers serve the stream listeners: metrics are then summed over
+        workers serve the listeners: metrics are then summed over
         them.
     """
     root = Resource()
