@@ -568,7 +568,7 @@ def adminSite(
 ) -> Site:
     """
     @param supervisor: the L{myserver.workers.WorkerSupervisor}, when
-        workers serve the stream listeners: metrics are then summed over
+        workers serve the listeners: metrics are then summed over
         them, and their status merged.
     @param token: the admin token (C{admin_token_file}), if one is asked.
     @param datagramServices: the datagram listeners with their guarded

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_datagram -*-
+# -*- test-case-name: tests.test_datagram,tests.test_workers -*-
 """
 Datagram (UDP) listeners, and the guard in front of their protocols.
 
@@ -14,17 +14,18 @@ served only on C{udp:} listeners the operator configures.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import fdesc
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from myserver.admission import Admission, describeAddress
-from myserver.adopting import socketFamily
-from myserver.endpoints import parseDatagramEndpoint
+from myserver.endpoints import FIRST_PASSED_DESCRIPTOR, parseDatagramEndpoint
 from myserver.errors import CannotListen
 from myserver.logs import RateLimitedLog
 from myserver.settings import Listener
@@ -149,7 +150,9 @@ class GuardedDatagramProtocol(DatagramProtocol):
 
 class DatagramListenerService(Service):
     """
-    One C{udp:PORT[:interface=ADDR]} listener.
+    One C{udp:PORT[:interface=ADDR]} listener, or in a worker the socket
+    its supervisor bound for it (C{udp:...:index=K}, see
+    L{myserver.endpoints.parseDatagramEndpoint}).
 
     myserver's own rather than Twisted's C{internet.UDPServer}: that one
     binds in C{startService} unless made privileged, keeps its port in a
@@ -159,6 +162,8 @@ class DatagramListenerService(Service):
     """
 
     port: Any = None
+    # What listenUDP reads at most at a time, by default.
+    maxPacketSize = 8192
 
     def __init__(
         self,
@@ -180,19 +185,17 @@ class DatagramListenerService(Service):
         super().privilegedStartService()
         if self.port is not None:
             return
-        portNumber, interface = parseDatagramEndpoint(self.listener.endpoint)
+        endpoint = parseDatagramEndpoint(self.listener.endpoint)
         try:
             if self.inherited is not None:
                 inherited, self.inherited = self.inherited, None
-                self.port = self.reactor.adoptDatagramPort(
-                    inherited, socketFamily(inherited), self.protocol
-                )
-                # The port holds a duplicate.
-                os.close(inherited)
-            else:
+                self.port = self._adopt(inherited)
+            elif endpoint.index is None:
                 self.port = self.reactor.listenUDP(
-                    portNumber, self.protocol, interface=interface
+                    endpoint.port, self.protocol, interface=endpoint.interface
                 )
+            else:
+                self.port = self._adopt(FIRST_PASSED_DESCRIPTOR + endpoint.index)
         except Exception as e:
             raise CannotListen(
                 f"cannot listen on {self.listener.endpoint}: {' '.join(str(e).split())}"
@@ -203,6 +206,26 @@ class DatagramListenerService(Service):
             address=describeAddress(self.port.getHost()),
             endpoint=self.listener.endpoint,
         )
+
+    def _adopt(self, fileDescriptor: int) -> Any:
+        """
+        Serve the bound datagram socket passed as C{fileDescriptor} (a
+        worker's, or one a previous generation served), as C{listenUDP}
+        would serve one it bound.  The port holds
+        a duplicate; the descriptor passed is closed, as Twisted's adopted
+        stream endpoints close theirs.
+        """
+        passed = socket.socket(fileno=fileDescriptor)
+        family, kind = passed.family, passed.type
+        passed.detach()
+        if kind != socket.SOCK_DGRAM:
+            raise ValueError(f"descriptor {fileDescriptor} is not a datagram socket")
+        fdesc.setNonBlocking(fileDescriptor)
+        port = self.reactor.adoptDatagramPort(
+            fileDescriptor, family, self.protocol, self.maxPacketSize
+        )
+        os.close(fileDescriptor)
+        return port
 
     def startService(self) -> None:
         if self.port is None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,15 +44,44 @@ from twisted.python.systemd import ListenFDs
 FIRST_PASSED_DESCRIPTOR = 3
 
 
-def parseDatagramEndpoint(endpoint: str) -> tuple[int, str]:
+@dataclass(frozen=True)
+class DatagramEndpoint:
+    """
+    A parsed C{udp:} listener.
+
+    @ivar port: the port to bind (0: any).
+    @ivar interface: the address to bind (C{""}: all IPv4 addresses).
+    @ivar index: for a socket bound by someone else and passed to this
+        process as descriptor C{3 + index}, that index; L{None} to bind.
+    """
+
+    port: int
+    interface: str = ""
+    index: int | None = None
+
+
+# A passed socket's index, last in a udp: endpoint (a worker's: see below).
+_DATAGRAM_INDEX = re.compile(r"(?:^|:)index=(\d+)$")
+
+
+def parseDatagramEndpoint(endpoint: str) -> DatagramEndpoint:
     """
     myserver's own UDP listener spelling, C{udp:PORT[:interface=ADDR]}:
     Twisted's endpoint strings have no datagram server form.
 
-    @return: the port and the interface address (C{""} for all IPv4).
+    Internal, for workers: C{udp:PORT[:interface=ADDR]:index=K} serves the
+    datagram socket passed as descriptor C{3 + K} instead of binding one
+    (L{myserver.workers} binds one per worker, steered by source address,
+    and passes each on); PORT and ADDR then say what the supervisor bound.
+
     @raise ValueError: if C{endpoint} is not of that form.
     """
     kind, _, rest = endpoint.partition(":")
+    index = None
+    passed = _DATAGRAM_INDEX.search(rest)
+    if passed is not None:
+        index = int(passed.group(1))
+        rest = rest[: passed.start()]
     parts = rest.split(":", 1) if rest else []
     if kind.lower() != "udp" or not parts or not parts[0].isdecimal():
         raise ValueError("expected udp:PORT or udp:PORT:interface=ADDRESS")
@@ -65,7 +95,7 @@ def parseDatagramEndpoint(endpoint: str) -> tuple[int, str]:
             raise ValueError(f"unknown UDP option {parts[1]!r} (expected interface=)")
         ipaddress.ip_address(address)
         interface = address
-    return port, interface
+    return DatagramEndpoint(port, interface, index)
 
 
 @dataclass(frozen=True)

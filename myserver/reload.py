@@ -48,6 +48,22 @@ def admissionFor(config: Config, listener: Listener) -> Admission:
     )
 
 
+def sameListener(
+    listener: Listener, candidates: tuple[Listener, ...]
+) -> Listener | None:
+    """
+    The listener among C{candidates} (a new configuration's) that is
+    C{listener}: the same endpoint and protocol, perhaps new settings.
+    """
+    for candidate in candidates:
+        if (candidate.endpoint, candidate.protocol) == (
+            listener.endpoint,
+            listener.protocol,
+        ):
+            return candidate
+    return None
+
+
 class Reconfigure:
     """
     Re-reads the configuration and applies it to a running server.
@@ -118,7 +134,7 @@ class Reconfigure:
                 "workers changed: takes effect at the next upgrade (SIGUSR2) or restart"
             )
         for listener, target in self.targets:
-            match = self._match(listener, new.listen)
+            match = sameListener(listener, new.listen)
             if match is not None:
                 self._apply(new, match, target)
         self.server.gate.maxConnections = new.max_connections
@@ -137,16 +153,6 @@ class Reconfigure:
             self.workers(replace(new, workers=old.workers))
         log.info("configuration reloaded")
         return True
-
-    @staticmethod
-    def _match(listener: Listener, candidates: tuple[Listener, ...]) -> Listener | None:
-        for candidate in candidates:
-            if (candidate.endpoint, candidate.protocol) == (
-                listener.endpoint,
-                listener.protocol,
-            ):
-                return candidate
-        return None
 
     @staticmethod
     def _apply(config: Config, listener: Listener, target: Any) -> None:

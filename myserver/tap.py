@@ -325,7 +325,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the server described by C{options}: one guarded listener per
     configured endpoint (or, with C{workers > 1}, a supervisor whose
-    workers serve the stream listeners), drained gracefully on SIGTERM and
+    workers serve the listeners), drained gracefully on SIGTERM and
     SIGINT, reloaded on SIGHUP, and the admin endpoint when configured.
 
     @param reactor: what the tree runs on; the global reactor by default
@@ -351,9 +351,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     services: list[Service] = [supervisor] if supervisor is not None else []
     targets: list[tuple[Listener, Any]] = []
     for listener, factory in zip(config.listen, options.factories, strict=True):
-        # Stream listeners are served by the workers when there are any;
-        # datagram listeners, which have no connections to spread, here.
-        if supervisor is None or listener.isDatagram:
+        # The workers serve every listener when there are any, but UDP
+        # where datagrams cannot be steered by source (served here then).
+        if supervisor is None or not supervisor.serves(listener):
             service, target = _serve(
                 config,
                 listener,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_workers -*-
+# -*- test-case-name: tests.test_workers,tests.test_steering -*-
 """
 Several processes serving the same listeners (C{workers = N}).
 
@@ -35,6 +35,15 @@ starts new workers on the same sockets and retires the old ones once each
 new one says it is ready.  This relies on one Twisted internal, checked by
 C{tests.test_twistedcontract}: a spawned process's C{pipes} (the parent's
 end of each of the child's descriptors).
+UDP listeners are served by the workers too, where datagrams can be
+steered by source address (L{myserver.steering}: Linux): the parent binds
+one C{SO_REUSEPORT} datagram socket per worker and attaches a program that
+sends every datagram of one source address to the same socket, so each
+worker enforces the whole per-source rate (C{datagram_rate},
+C{datagram_burst}: not divided).  A worker's UDP listener is spelled
+C{udp:PORT[:interface=ADDR]:index=K}.  Where steering is not possible the
+parent serves UDP itself, as one process would (L{WorkerSupervisor.steering}
+says why, and the supervisor logs it once).
 
 A worker dies with its supervisor, however the supervisor ends (SIGKILL
 from the OOM killer included): its standard input is a pipe from the
@@ -73,14 +82,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from myserver.adopting import AdoptingReactor
-from myserver.endpoints import PASSED_SOCKETS, keptPassedSockets
+from myserver.endpoints import PASSED_SOCKETS, keptPassedSockets, parseDatagramEndpoint
 from myserver.errors import CannotListen
 from myserver.generation import GENERATION, UPGRADED_AT, Generation
 from myserver.inheritance import INHERIT, READY, Inheritance
 from myserver.ports import DEFAULT_BACKLOG, backlogFor
 from myserver.reactor import reactorName
+from myserver.reload import sameListener
 from myserver.render import render
 from myserver.settings import Config, Listener
+from myserver.steering import steerBySource, steeringProblem
 
 log = Logger(namespace="myserver.workers")
 
@@ -97,8 +108,8 @@ SUPERVISOR_PID = "MYSERVER_SUPERVISOR"
 
 class BoundSockets:
     """
-    The parent's listening sockets for one stream listener: one per worker
-    (TCP, with SO_REUSEPORT) or one shared by all.
+    The parent's sockets for one listener: one per worker (TCP and UDP,
+    with SO_REUSEPORT) or one shared by all.
     """
 
     def __init__(self, listener: Listener, sockets: list[socket.socket]) -> None:
@@ -222,14 +233,21 @@ def adoptBound(listener: Listener, descriptors: list[int], copies: int) -> Bound
     A stream listener's sockets as the previous generation left them (a
     live upgrade): the very same sockets, so that no connection waiting in
     their queues is lost.  More workers than before get new C{SO_REUSEPORT}
-    copies beside them; fewer leave the surplus closed.
+    copies beside them; fewer leave the surplus closed.  UDP sockets keep
+    the steering program attached to their group.
     """
     sockets = [socket.socket(fileno=fd) for fd in descriptors]
+    if listener.isDatagram and len(sockets) != copies:
+        # Steering is by source address modulo the number of sockets: a new
+        # number needs a new group (datagrams queued in the old are lost).
+        for sock in sockets:
+            sock.close()
+        return bindDatagramListener(listener, copies)
     first = sockets[0]
     reusable = first.family != socket.AF_UNIX and first.getsockopt(
         socket.SOL_SOCKET, socket.SO_REUSEPORT
     )
-    while reusable and len(sockets) < copies:
+    while reusable and not listener.isDatagram and len(sockets) < copies:
         extra = socket.socket(first.family, socket.SOCK_STREAM)
         extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -241,10 +259,40 @@ def adoptBound(listener: Listener, descriptors: list[int], copies: int) -> Bound
     return BoundSockets(listener, sockets[: max(copies, 1)])
 
 
+def bindDatagramListener(listener: Listener, copies: int) -> BoundSockets:
+    """
+    Bind a UDP listener's C{copies} sockets in this (the parent) process,
+    one per worker on the same address, and steer datagrams among them by
+    source address (L{steerBySource}).
+    """
+    endpoint = parseDatagramEndpoint(listener.endpoint)
+    interface, port = endpoint.interface, endpoint.port
+    family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(copies):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((interface, port))
+            # An ephemeral port: the other copies share the one chosen.
+            port = sock.getsockname()[1]
+        steerBySource(sockets[0], copies)
+    except OSError as e:
+        for sock in sockets:
+            sock.close()
+        raise CannotListen(
+            f"cannot listen on {listener.endpoint}: {' '.join(str(e).split())}"
+        ) from None
+    return BoundSockets(listener, sockets)
+
+
 def workerEndpoint(listener: Listener, index: int, sock: socket.socket) -> str:
     """
     The endpoint string by which a worker adopts its socket number C{index}.
     """
+    if listener.isDatagram:
+        return f"{listener.endpoint}:index={index}"
     adopted = f"systemd:domain={_FAMILIES[sock.family]}:index={index}"
     proxied, own = "", listener.endpoint
     if own.split(":", 1)[0].lower() == "haproxy":
@@ -277,10 +325,15 @@ def parseInherited(
     return serverFromString(adopting, own)
 
 
-def workerConfig(config: Config, endpoints: list[str], workers: int) -> str:
+def workerConfig(
+    config: Config, served: list[tuple[Listener, str]], workers: int
+) -> str:
     """
-    The configuration a worker runs with, as TOML: the parent's, with its
-    listeners adopted and its limits split evenly.
+    The configuration a worker runs with, as TOML: the parent's, with the
+    listeners the workers serve adopted (each listener's settings, with the
+    endpoint string that adopts its socket), and the connection limits
+    split evenly.  Datagram rates are not split: steering gives each source
+    address to one worker (L{myserver.steering}).
     """
     listeners = tuple(
         replace(
@@ -293,9 +346,7 @@ def workerConfig(config: Config, endpoints: list[str], workers: int) -> str:
                 for name, value in listener.settings.items()
             },
         )
-        for listener, endpoint in zip(
-            [x for x in config.listen if not x.isDatagram], endpoints, strict=True
-        )
+        for listener, endpoint in served
     )
     perWorker = replace(
         config,
@@ -339,8 +390,12 @@ class Worker(ProcessProtocol):
 
 class WorkerSupervisor(Service):
     """
-    Binds the stream listeners, starts C{workers} processes that serve
-    them, keeps that many running, and stops them gracefully.
+    Binds the listeners, starts C{workers} processes that serve them, keeps
+    that many running, and stops them gracefully.
+
+    @ivar steering: why datagrams cannot be steered by source address here
+        (the parent then serves the UDP listeners itself); L{None} when
+        they can, and the workers serve them.
     """
 
     restartDelay = 0.1
@@ -382,34 +437,57 @@ class WorkerSupervisor(Service):
         # Workers run the parent's kind of reactor.
         name = reactorName(reactor)
         self.twistdOptions = ["--reactor", name] if name else []
+        self.steering: str | None = None
+        if any(listener.isDatagram for listener in config.listen):
+            self.steering = steeringProblem()
+            if self.steering is not None:
+                log.warn(
+                    "UDP listeners are served by the supervisor, not the "
+                    "workers: datagrams cannot be steered by source address "
+                    "here ({problem})",
+                    problem=self.steering,
+                )
+
+    def serves(self, listener: Listener) -> bool:
+        """
+        Whether the workers serve C{listener} (else this process does).
+        """
+        return not listener.isDatagram or self.steering is None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         for listener in self.config.listen:
-            if not listener.isDatagram:
-                inherited = self.inheritance.takeAll(listener.endpoint)
-                if inherited:
-                    bound = adoptBound(listener, inherited, self.count)
-                else:
-                    bound = bindListener(listener, self.count, self.reactor)
-                self.bound.append(bound)
-                for sock in bound.sockets[:1]:
-                    log.info(
-                        "{protocol} listening on {address} ({endpoint}) for "
-                        "{count} workers",
-                        protocol=listener.protocol,
-                        address=_describe(sock),
-                        endpoint=listener.endpoint,
-                        count=self.count,
-                    )
+            if not self.serves(listener):
+                continue
+            inherited = self.inheritance.takeAll(listener.endpoint)
+            if inherited:
+                bound = adoptBound(listener, inherited, self.count)
+            elif listener.isDatagram:
+                bound = bindDatagramListener(listener, self.count)
+            else:
+                bound = bindListener(listener, self.count, self.reactor)
+            self.bound.append(bound)
+            for sock in bound.sockets[:1]:
+                log.info(
+                    "{protocol} listening on {address} ({endpoint}) for "
+                    "{count} workers",
+                    protocol=listener.protocol,
+                    address=_describe(sock),
+                    endpoint=listener.endpoint,
+                    count=self.count,
+                )
         self._writeConfig(self.config)
 
     def _writeConfig(self, config: Config) -> None:
-        endpoints = [
-            workerEndpoint(bound.listener, index, bound.sockets[0])
+        served = [
+            (
+                # The new settings; a changed listener changes at restart.
+                sameListener(bound.listener, config.listen) or bound.listener,
+                workerEndpoint(bound.listener, index, bound.sockets[0]),
+            )
             for index, bound in enumerate(self.bound)
         ]
-        text = workerConfig(config, endpoints, self.count)
+        text = workerConfig(config, served, self.count)
         temporary = self.configPath + ".new"
         with open(temporary, "w") as f:
             f.write(text)
@@ -750,6 +828,7 @@ def _describe(sock: socket.socket) -> str:
     address = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         return f"unix:{address}"
+    kind = "udp" if sock.type == socket.SOCK_DGRAM else "tcp"
     if sock.family == socket.AF_INET6:
-        return f"tcp6:[{address[0]}]:{address[1]}"
-    return f"tcp:{address[0]}:{address[1]}"
+        return f"{kind}6:[{address[0]}]:{address[1]}"
+    return f"{kind}:{address[0]}:{address[1]}"

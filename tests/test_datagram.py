@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from myserver.datagram import RATE_LIMITED, TOO_MANY_SOURCES, SourceRateLimit
+from myserver.endpoints import DatagramEndpoint, parseDatagramEndpoint
 from tests.support import ServerProcess, assertNoTraceback, processTest, run
 
 UDP_LOOPBACK = "udp:0:interface=127.0.0.1"
@@ -49,6 +50,35 @@ class SourceRateLimitTests(TestCase):
         clock.advance(2)
         self.assertIsNone(limit.allow("d"))
         self.assertLessEqual(len(limit._buckets), 3)
+
+
+class DatagramEndpointTests(TestCase):
+    """
+    The udp: spelling, and the index= a worker's listener adds.
+    """
+
+    def test_forms(self) -> None:
+        for text, expected in [
+            ("udp:7", DatagramEndpoint(7)),
+            ("UDP:0:interface=127.0.0.1", DatagramEndpoint(0, "127.0.0.1")),
+            ("udp:0:interface=::1", DatagramEndpoint(0, "::1")),
+            ("udp:0:interface=\\:\\:1", DatagramEndpoint(0, "::1")),
+            ("udp:9:index=2", DatagramEndpoint(9, "", 2)),
+            ("udp:0:interface=::1:index=0", DatagramEndpoint(0, "::1", 0)),
+        ]:
+            self.assertEqual(parseDatagramEndpoint(text), expected, text)
+
+    def test_bad(self) -> None:
+        for text in [
+            "udp:",
+            "udp:x",
+            "udp:70000",
+            "udp:0:index=x",
+            "udp:index=1",
+            "udp:0:mode=1",
+            "tcp:0",
+        ]:
+            self.assertRaises(ValueError, parseDatagramEndpoint, text)
 
 
 def exchange(port: int, payloads: list[bytes], wait: float = 1.0) -> list[bytes | None]:

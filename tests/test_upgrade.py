@@ -400,6 +400,15 @@ class UpgradeTests(TestCase):
         TCP6, TLS (tlsreload:), PROXY (haproxy:) and UDP listeners go on
         serving on the same sockets through an upgrade, as TCP and UNIX do.
         """
+        self.everyListenerKind()
+
+    def test_everyListenerKindWithWorkers(self) -> None:
+        """
+        The same with workers, UDP among them (steered by source address).
+        """
+        self.everyListenerKind("--workers", "2")
+
+    def everyListenerKind(self, *extra: str) -> None:
         requireTool("openssl")
         cert, key = makePair(self.directory, "server")
         with open(self.configPath, "w") as f:
@@ -408,7 +417,7 @@ class UpgradeTests(TestCase):
                 f'"tlsreload:0:certKey={cert}:privateKey={key}:interface=127.0.0.1", '
                 '"haproxy:tcp:0:interface=127.0.0.1", "udp:0:interface=127.0.0.1"]\n'
             )
-        server = self.serve()
+        server = self.serve(*extra)
         server.waitFor(lambda: len(server.addresses) >= 4)
         (v6, tls, proxied, udp) = server.addresses[:4]
         context = ssl.create_default_context(cafile=cert)
@@ -432,7 +441,8 @@ class UpgradeTests(TestCase):
         for number in (2, 3):
             self.assertIsNotNone(server.upgrade())
             everyKind(b"generation %d" % number)
-        self.assertIn("with 4 listening sockets", server.output)
+        if not extra:
+            self.assertIn("with 4 listening sockets", server.output)
         self.assertEqual(server.stop(), 0)
         assertNoTraceback(self, server.output)
 

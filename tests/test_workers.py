@@ -6,13 +6,16 @@ the limits, workers that die with their supervisor, and TLS in workers.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import selectors
 import shutil
 import signal
 import socket
 import ssl
 import tempfile
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -21,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from myserver.service import StopOnSignals
+from myserver.steering import steeringProblem
 from myserver.workers import SupervisorWatch
 from tests.support import (
     ServerProcess,
@@ -261,6 +265,172 @@ class WorkerMetricsTests(TestCase):
         self.assertEqual(metrics[("myserver_connections_open", ())], 40)
         self.assertEqual(metrics[("myserver_bytes_received_total", ())], 200)
         self.assertEqual(server.stop(), 0)
+
+
+UDP_LOOPBACK = "udp:0:interface=127.0.0.1"
+STEERING_PROBLEM = steeringProblem()
+
+
+def datagramWorkers(server: ServerProcess) -> dict[int, int]:
+    """
+    The pid of each of 2 workers, once both serve the UDP listener on the
+    socket the supervisor bound for it.
+    """
+    server.waitFor(
+        lambda: (
+            sum(
+                "listening on udp:" in line and ":index=" in line
+                for line in server.lines
+            )
+            >= 2
+        )
+    )
+    return workerPids(server, 0)
+
+
+def workerSamples(pid: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """
+    Every sample of one worker's own /metrics, read from the private UNIX
+    socket its supervisor gave it (its C{MYSERVER_ADMIN}).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = dict(
+            entry.decode().partition("=")[::2] for entry in f.read().split(b"\0")
+        )
+    path = environ["MYSERVER_ADMIN"].removeprefix("unix:")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: worker\r\n\r\n")
+        response = exchange(sock, b"", 10)
+    body = response.partition(b"\r\n\r\n")[2].decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
+def datagramCounts(pids: dict[int, int]) -> dict[int, tuple[float, float]]:
+    """
+    Each worker's datagrams answered and dropped for want of rate.
+    """
+    counts = {}
+    for index, pid in pids.items():
+        samples = workerSamples(pid)
+        counts[index] = (
+            samples.get(("myserver_datagrams_received_total", ()), 0.0),
+            samples.get(
+                ("myserver_datagrams_dropped_total", (("reason", "rate_limited"),)),
+                0.0,
+            ),
+        )
+    return counts
+
+
+def sendDatagrams(
+    port: int, source: str, count: int, newPorts: bool = True, least: int = 0
+) -> int:
+    """
+    Send C{count} datagrams to loopback C{port} from address C{source},
+    each from a new source port (or all from one), and count the answers:
+    all of them come within 15 s, or else at least C{least} of them and
+    then none for 1.5 s.
+    """
+    clients = []
+    with selectors.DefaultSelector() as selector:
+        try:
+            for i in range(count):
+                if newPorts or not clients:
+                    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    client.bind((source, 0))
+                    clients.append(client)
+                    selector.register(client, selectors.EVENT_READ)
+                clients[-1].sendto(b"%d" % i, ("127.0.0.1", port))
+            answered = 0
+            deadline = time.monotonic() + 15
+            quiet = time.monotonic() + 1.5
+            while answered < count and time.monotonic() < deadline:
+                if answered >= least and time.monotonic() > quiet:
+                    break
+                for key, _ in selector.select(0.1):
+                    key.fileobj.recv(100)  # type: ignore[union-attr]
+                    answered += 1
+                    quiet = time.monotonic() + 1.5
+            return answered
+        finally:
+            for client in clients:
+                client.close()
+
+
+@processTest
+class DatagramWorkerTests(TestCase):
+    """
+    UDP served by the workers, each source address steered to one of them.
+    """
+
+    if STEERING_PROBLEM is not None:
+        skip = f"datagrams cannot be steered here: {STEERING_PROBLEM}"
+
+    def start(self, *args: str) -> ServerProcess:
+        server = ServerProcess("--workers", "2", "--listen", UDP_LOOPBACK, *args)
+        self.addCleanup(server.kill)
+        return server.start()
+
+    def test_steeredBySource(self) -> None:
+        """
+        Datagrams from 127.0.0.1 and from 127.0.0.2, each from a new port,
+        are all answered; all those of one address by one worker (the
+        address modulo 2), so both workers serve; the parent's /metrics
+        sums them.
+        """
+        from tests.test_admin import adminPort, scrape
+
+        server = self.start("--admin", "tcp:0:interface=127.0.0.1")
+        pids = datagramWorkers(server)
+        self.assertEqual(sorted(pids), [0, 1])
+        for source, count in (("127.0.0.1", 12), ("127.0.0.2", 15)):
+            before = datagramCounts(pids)
+            self.assertEqual(sendDatagrams(server.port, source, count), count)
+            after = datagramCounts(pids)
+            gained = {i: after[i][0] - before[i][0] for i in pids}
+            steered = int(ipaddress.IPv4Address(source)) % 2
+            self.assertEqual(gained, {steered: count, 1 - steered: 0}, source)
+        metrics = scrape(adminPort(server))
+        self.assertEqual(metrics[("myserver_datagrams_received_total", ())], 27)
+        self.assertEqual(server.stop(), 0)
+        assertNoTraceback(self, server.output)
+
+    def test_rateWhole(self) -> None:
+        """
+        The per-source rate holds whole, neither divided by the workers
+        nor given to each: 40 datagrams from one address on 40 ports get
+        about the burst (10) answered, by one worker, not twice that;
+        and 20 from one port of another address get the burst too, not half.
+        """
+        rate, burst = 0.5, 10
+        server = self.start(
+            "--datagram-rate", str(rate), "--datagram-burst", str(burst)
+        )
+        pids = datagramWorkers(server)
+        for source, count, newPorts in (
+            ("127.0.0.2", 40, True),
+            ("127.0.0.1", 20, False),
+        ):
+            started = time.monotonic()
+            answered = sendDatagrams(server.port, source, count, newPorts, burst)
+            # Tokens earned while this ran, however slowly it ran.
+            earned = rate * (time.monotonic() - started)
+            self.assertGreaterEqual(answered, burst, source)
+            self.assertLessEqual(answered, burst + earned + 1, source)
+        counts = datagramCounts(pids)
+        # Each address was held by one worker only: 127.0.0.2 by worker 0.
+        self.assertEqual(counts[0][0] + counts[0][1], 40, counts)
+        self.assertEqual(counts[1][0] + counts[1][1], 20, counts)
+        self.assertEqual(server.stop(), 0)
+        assertNoTraceback(self, server.output)
 
 
 @processTest
