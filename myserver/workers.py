@@ -497,6 +497,22 @@ class WorkerSupervisor(Service):
         super().startService()
         for index in range(self.count):
             self._spawn(index)
+        if self.upgrading:
+            self.reactor.callLater(self.config.upgrade_timeout, self._upgradeOverdue)
+
+    def _upgradeOverdue(self) -> None:
+        """
+        After an upgrade the old workers serve until every new one is
+        ready, however long that takes: say so once C{upgrade_timeout} has
+        passed (new workers that keep failing are restarted meanwhile).
+        """
+        if self.upgrading and not self.stopping:
+            log.error(
+                "upgrade: the new workers are not all ready after {timeout}s; "
+                "the {count} old workers keep serving",
+                timeout=self.config.upgrade_timeout,
+                count=len(self.oldWorkers),
+            )
 
     def _spawn(self, index: int) -> None:
         readyDescriptor = _FIRST_FD + len(self.bound)

@@ -17,15 +17,19 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 
+from myserver.inheritance import READY, Inheritance
 from myserver.service import StopOnSignals
+from myserver.settings import Config
 from myserver.steering import steeringProblem
-from myserver.workers import SupervisorWatch
+from myserver.workers import RETIRE, SupervisorWatch, WorkerSupervisor
 from tests.support import (
     ServerProcess,
     assertNoTraceback,
@@ -641,3 +645,79 @@ class StopWithoutSignalTests(TestCase):
         return stopped.addCallback(
             self.assertEqual, "the supervisor (pid 4321) is gone"
         )
+
+
+class _SpawningClock(Clock):
+    """
+    A clock that also "spawns" processes: enough reactor for a supervisor
+    that never really starts one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[Any] = []
+
+    def spawnProcess(self, protocol: Any, *args: Any, **kwargs: Any) -> Any:
+        self.spawned.append(protocol)
+
+        class Process:
+            pid = 10000 + len(self.spawned)
+
+        return Process()
+
+
+class UpgradeInPlaceTests(TestCase):
+    """
+    The supervisor's side of a live upgrade, in memory.
+    """
+
+    def test_retiredWorkerSaysWhy(self) -> Deferred[None]:
+        """
+        A worker retired after an upgrade (the supervisor says so on the
+        pipe, then closes it) stops for that reason, not as orphaned.
+        """
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        stopped: Deferred[str] = Deferred()
+        watch = SupervisorWatch(reactor, stopped.callback, 4321, readEnd)
+        watch.startService()
+        self.addCleanup(watch.stopService)
+        os.write(writeEnd, RETIRE)
+        os.close(writeEnd)
+        return stopped.addCallback(
+            self.assertEqual, "retired by the supervisor (pid 4321) after an upgrade"
+        )
+
+    def test_oldWorkersServeUntilNewOnesAreReady(self) -> None:
+        """
+        After the supervisor executed the new code in place, the old
+        workers' pipes stay open (they serve) until every new worker says it
+        is ready; a late upgrade is logged at upgrade_timeout, and the old
+        workers are retired only once the new ones are all ready.
+        """
+        clock = _SpawningClock()
+        config = Config(listen=(), workers=2, upgrade_timeout=5)
+        readEnd, writeEnd = os.pipe()
+        self.addCleanup(os.close, readEnd)
+        inheritance = Inheritance(inPlace=True, workers=[(os.getpid(), writeEnd)])
+        supervisor = WorkerSupervisor(config, clock, inheritance=inheritance)
+        self.addCleanup(shutil.rmtree, supervisor._directory, True)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        supervisor.startService()
+        self.assertEqual(len(clock.spawned), 2)
+        first, second = clock.spawned
+        first.childDataReceived(first.readyDescriptor, READY)
+        clock.advance(5)
+        self.assertTrue(supervisor.upgrading)
+        self.assertIn(
+            "upgrade: the new workers are not all ready after 5s; the 1 old "
+            "workers keep serving",
+            [formatEvent(event) for event in events],
+        )
+        second.childDataReceived(second.readyDescriptor, READY)
+        self.assertFalse(supervisor.upgrading)
+        # Retired: told so, and the pipe's end follows.
+        self.assertEqual(os.read(readEnd, 100), RETIRE)
+        self.assertEqual(os.read(readEnd, 100), b"")
