@@ -597,6 +597,22 @@ class _Server:
         self.aborts += 1
 
 
+def watchedPipe(case: TestCase) -> tuple[int, Deferred[str]]:
+    """
+    A L{SupervisorWatch} (supervisor pid 4321) on a pipe of the test's.
+
+    @return: the pipe's write end, and what fires with the reason the
+        watch stops for.
+    """
+    readEnd, writeEnd = os.pipe()
+    case.addCleanup(os.close, readEnd)
+    stopped: Deferred[str] = Deferred()
+    watch = SupervisorWatch(reactor, stopped.callback, 4321, readEnd)
+    watch.startService()
+    case.addCleanup(watch.stopService)
+    return writeEnd, stopped
+
+
 class StopWithoutSignalTests(TestCase):
     """
     How a worker whose supervisor is gone stops: the drain a SIGTERM
@@ -634,12 +650,7 @@ class StopWithoutSignalTests(TestCase):
         The watch calls C{stop} when the write end of its pipe closes, and
         not before.
         """
-        readEnd, writeEnd = os.pipe()
-        self.addCleanup(os.close, readEnd)
-        stopped: Deferred[str] = Deferred()
-        watch = SupervisorWatch(reactor, stopped.callback, 4321, readEnd)
-        watch.startService()
-        self.addCleanup(watch.stopService)
+        writeEnd, stopped = watchedPipe(self)
         self.assertFalse(stopped.called)
         os.close(writeEnd)
         return stopped.addCallback(
@@ -676,12 +687,7 @@ class UpgradeInPlaceTests(TestCase):
         A worker retired after an upgrade (the supervisor says so on the
         pipe, then closes it) stops for that reason, not as orphaned.
         """
-        readEnd, writeEnd = os.pipe()
-        self.addCleanup(os.close, readEnd)
-        stopped: Deferred[str] = Deferred()
-        watch = SupervisorWatch(reactor, stopped.callback, 4321, readEnd)
-        watch.startService()
-        self.addCleanup(watch.stopService)
+        writeEnd, stopped = watchedPipe(self)
         os.write(writeEnd, RETIRE)
         os.close(writeEnd)
         return stopped.addCallback(
