@@ -16,7 +16,7 @@ TWISTED_FLOOR := $(shell sed -n 's/.*"twisted\[tls\]>=\([0-9.]*\),.*/\1/p' pypro
 FLOOR_VENV ?= .venv-floor
 CORE_TESTS := tests.test_echo tests.test_backpressure tests.test_limits \
 	tests.test_shutdown tests.test_proxy tests.test_tls tests.test_guard \
-	tests.test_core tests.test_twistedcontract tests.test_budget
+	tests.test_core tests.test_twistedcontract tests.test_budget tests.test_upgrade
 
 .PHONY: run test test-fast install lint trial pytest test-floor image clean
 
