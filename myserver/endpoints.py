@@ -236,16 +236,32 @@ def releaseKeptPassedSockets() -> None:
         os.close(_KEPT.pop())
 
 
+def behindProxy(endpoint: str) -> str:
+    """
+    An endpoint string without its C{haproxy:} prefixes: the endpoint that
+    binds.
+    """
+    while endpoint[:8].lower() == "haproxy:":
+        endpoint = endpoint[8:]
+    return endpoint
+
+
+def endpointKind(endpoint: str) -> str:
+    """
+    What kind of endpoint binds, behind any C{haproxy:} prefix: C{tcp},
+    C{unix}, C{systemd}, ...
+    """
+    return behindProxy(endpoint).split(":", 1)[0].lower()
+
+
 def _systemdSocketMissing(endpoint: str) -> str | None:
     """
     For a C{systemd:} endpoint string (behind any C{haproxy:} prefixes),
     why its socket was not passed; L{None} for any other string, or when
     the socket is there.
     """
-    parts = endpoint.split(":")
-    while parts and parts[0].lower() == "haproxy":
-        parts.pop(0)
-    if not parts or parts[0].lower() != "systemd":
+    parts = behindProxy(endpoint).split(":")
+    if parts[0].lower() != "systemd":
         return None
     arguments = dict(part.partition("=")[::2] for part in parts[1:])
     index, name = arguments.get("index"), arguments.get("name")

@@ -45,7 +45,8 @@ RATE_INTERVAL = 1.0
 
 SERVING = "serving"
 DRAINING = "draining"
-OVERLOADED_STATE = "overloaded"
+# The server is overloaded when its budget is.
+OVERLOADED_STATE = OVERLOADED
 NEAR = "near_limit"
 AT_LIMIT = "at_limit"
 NOT_LISTENING = "not_listening"

@@ -385,18 +385,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     root = _Root(logObserver)
     stopper = None
+    # A worker's environment names its supervisor.
+    supervisorPid = options.environ.get(SUPERVISOR_PID)
+    worker = supervisorPid is not None
     if twistd is not None:
         # Under twistd (or twist): own SIGTERM/SIGINT (so that a drain exits
         # with 0), SIGHUP and SIGUSR2; first, so that they are handled
         # before anything else starts.
         stopper = StopOnSignals(reactor, server)
         stopper.setServiceParent(root)
-        supervisorPid = options.environ.get(SUPERVISOR_PID)
         if supervisorPid is not None:
             # A worker: it stops when its supervisor is gone.
             watch = SupervisorWatch(reactor, stopper.stop, int(supervisorPid))
             watch.setServiceParent(root)
-    worker = options.environ.get(SUPERVISOR_PID) is not None
     upgrader = None
     if stopper is not None and not worker:
         upgrader = Upgrader(

@@ -60,7 +60,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from myserver.adopting import releaseForSuccessor
-from myserver.endpoints import PASSED_SOCKETS, keptPassedSockets
+from myserver.endpoints import PASSED_SOCKETS, endpointKind, keptPassedSockets
 from myserver.generation import GENERATION, UPGRADED_AT, Generation
 from myserver.inheritance import INHERIT, READY, Inheritance, adminKey
 from myserver.notify import notifySystemd
@@ -232,13 +232,8 @@ class Upgrader:
             return
         successor = self.generation.successor(time.time())
         childFDs: dict[int, Any] = {0: 0, 1: "r", 2: "r"}
-        environ = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("LISTEN_") and k not in (GENERATION, UPGRADED_AT)
-        }
-        environ.update(successor.environment())
-        nextFD = passOnSystemdSockets(childFDs, environ)
+        environ = successorEnvironment(successor)
+        nextFD = passOnSystemdSockets(childFDs)
         inheritance = Inheritance(pidfile=self.twistd.get("pidfile") or None)
         self._ports = []
         for endpoint, port in self._listeningPorts():
@@ -272,9 +267,9 @@ class Upgrader:
         protocol = Successor(self, -1)
         protocol.checking = True
         arguments = [*successorArguments(self.argv), "--check-config"]
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
         childFDs: dict[int, Any] = {0: 0, 1: "r", 2: "r"}
-        passOnSystemdSockets(childFDs, environ)
+        passOnSystemdSockets(childFDs)
+        environ = successorEnvironment(self.generation)
         if self._start(protocol, arguments, environ, childFDs):
             log.info(
                 "SIGUSR2: the new code checks the configuration (pid {pid})",
@@ -364,10 +359,9 @@ class Upgrader:
         if successor is not self.inProgress:
             return
         self._cancelDeadline()
-        if self.twistd is not None:
-            # The successor has taken over the pid file: twistd must not
-            # remove it when this generation exits.
-            self.twistd["pidfile"] = ""
+        # The successor has taken over the pid file: twistd must not remove
+        # it when this generation exits.
+        self.twistd["pidfile"] = ""
         for port in self._ports:
             releaseForSuccessor(port)
         if self.adminService is not None:
@@ -423,29 +417,42 @@ class Upgrader:
         self._deadline = None
 
 
-def passOnSystemdSockets(childFDs: dict[int, Any], environ: dict[str, str]) -> int:
+def successorEnvironment(generation: Generation) -> dict[str, str]:
+    """
+    The environment of the new code: this process's, as C{generation},
+    with C{LISTEN_FDS} and C{LISTEN_FDNAMES} for the sockets systemd passed
+    here (which go on at the same numbers; the new code sets C{LISTEN_PID},
+    L{myserver.successor}).
+    """
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LISTEN_") and k not in (GENERATION, UPGRADED_AT)
+    }
+    environ.update(generation.environment())
+    kept = keptPassedSockets()
+    if kept:
+        environ["LISTEN_FDS"] = str(len(kept))
+        if PASSED_SOCKETS.named:
+            environ["LISTEN_FDNAMES"] = ":".join(PASSED_SOCKETS.names)
+    return environ
+
+
+def passOnSystemdSockets(childFDs: dict[int, Any]) -> int:
     """
     Pass the sockets systemd passed to this process on to a child, at the
-    numbers systemd gave them and with the same C{LISTEN_FDS} and
-    C{LISTEN_FDNAMES} (the child sets C{LISTEN_PID}).
+    numbers systemd gave them (L{successorEnvironment} names them).
 
     @return: the first child descriptor left free.
     """
     kept = keptPassedSockets()
     for offset, fd in enumerate(kept):
         childFDs[_FIRST_FREE + offset] = fd
-    if kept:
-        environ["LISTEN_FDS"] = str(len(kept))
-        if PASSED_SOCKETS.named:
-            environ["LISTEN_FDNAMES"] = ":".join(PASSED_SOCKETS.names)
     return _FIRST_FREE + len(kept)
 
 
 def _passedBySystemd(endpoint: str) -> bool:
-    parts = endpoint.split(":")
-    while parts and parts[0].lower() == "haproxy":
-        parts.pop(0)
-    return bool(parts) and parts[0].lower() == "systemd"
+    return endpointKind(endpoint) == "systemd"
 
 
 class Readiness(Service):

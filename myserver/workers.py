@@ -82,9 +82,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from myserver.adopting import AdoptingReactor
-from myserver.endpoints import PASSED_SOCKETS, keptPassedSockets, parseDatagramEndpoint
+from myserver.endpoints import endpointKind, keptPassedSockets, parseDatagramEndpoint
 from myserver.errors import CannotListen
-from myserver.generation import GENERATION, UPGRADED_AT, Generation
+from myserver.generation import Generation
 from myserver.inheritance import INHERIT, READY, Inheritance
 from myserver.ports import DEFAULT_BACKLOG, backlogFor
 from myserver.reactor import reactorName
@@ -92,6 +92,7 @@ from myserver.reload import sameListener
 from myserver.render import render
 from myserver.settings import Config, Listener
 from myserver.steering import steerBySource, steeringProblem
+from myserver.upgrade import successorEnvironment
 
 log = Logger(namespace="myserver.workers")
 
@@ -136,7 +137,7 @@ class BoundSockets:
             if (
                 isinstance(path, str)
                 and path
-                and _kind(self.listener.endpoint) == "unix"
+                and endpointKind(self.listener.endpoint) == "unix"
             ):
                 try:
                     os.unlink(path)
@@ -165,15 +166,9 @@ class BindingReactor:
     ) -> Any:
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
         for _ in range(self._copies):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            try:
-                sock.bind((interface or "", port))
-            except OSError:
-                sock.close()
-                raise
-            sock.listen(max(self._backlog or backlog, 1))
+            sock = reusePortListener(
+                family, (interface or "", port), self._backlog or backlog
+            )
             # An ephemeral port: the other copies share the one chosen.
             port = sock.getsockname()[1]
             self.bound.append(sock)
@@ -228,6 +223,23 @@ def bindListener(listener: Listener, copies: int, reactor: Any) -> BoundSockets:
     return BoundSockets(listener, binding.bound)
 
 
+def reusePortListener(family: int, address: Any, backlog: int) -> socket.socket:
+    """
+    A listening TCP socket on C{address} with C{SO_REUSEPORT}, one of the
+    copies the kernel spreads a listener's connections over.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(max(backlog, 1))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def adoptBound(listener: Listener, descriptors: list[int], copies: int) -> BoundSockets:
     """
     A stream listener's sockets as the previous generation left them (a
@@ -248,12 +260,8 @@ def adoptBound(listener: Listener, descriptors: list[int], copies: int) -> Bound
         socket.SOL_SOCKET, socket.SO_REUSEPORT
     )
     while reusable and not listener.isDatagram and len(sockets) < copies:
-        extra = socket.socket(first.family, socket.SOCK_STREAM)
-        extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        extra.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        extra.bind(first.getsockname())
-        extra.listen(backlogFor(listener.endpoint) or DEFAULT_BACKLOG)
-        sockets.append(extra)
+        backlog = backlogFor(listener.endpoint) or DEFAULT_BACKLOG
+        sockets.append(reusePortListener(first.family, first.getsockname(), backlog))
     for surplus in sockets[max(copies, 1) :]:
         surplus.close()
     return BoundSockets(listener, sockets[: max(copies, 1)])
@@ -662,18 +670,8 @@ class WorkerSupervisor(Service):
             # Still draining (or still to be told): reaped by the next.
             inheritance.workers.append((pid, carry(pipe) if pipe >= 0 else -1))
         keptCopies = [carry(fd) for fd in kept]
-        environ = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("LISTEN_") and k not in (GENERATION, UPGRADED_AT)
-        }
-        environ.update(generation.environment())
+        environ = successorEnvironment(generation)
         environ[INHERIT] = inheritance.describe()
-        if kept:
-            environ["LISTEN_PID"] = str(os.getpid())
-            environ["LISTEN_FDS"] = str(len(kept))
-            if PASSED_SOCKETS.named:
-                environ["LISTEN_FDNAMES"] = ":".join(PASSED_SOCKETS.names)
         log.info(
             "SIGUSR2: executing the new code in place as generation {number} "
             "(pid {pid}); {count} workers serve meanwhile",
@@ -828,16 +826,6 @@ class SupervisorWatch(Service):
             )
         else:
             self._stop(f"the supervisor (pid {self.supervisor}) is gone")
-
-
-def _kind(endpoint: str) -> str:
-    """
-    An endpoint string's kind, behind any C{haproxy:} prefix.
-    """
-    parts = endpoint.split(":")
-    while len(parts) > 1 and parts[0].lower() == "haproxy":
-        parts.pop(0)
-    return parts[0].lower()
 
 
 def _describe(sock: socket.socket) -> str:

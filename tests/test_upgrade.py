@@ -158,12 +158,8 @@ class Traffic:
     def _short(self) -> bool:
         payload = os.urandom(random.randint(1, 4096))
         with self._connect() as sock:
-            sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
-            received = bytearray()
-            while data := sock.recv(65536):
-                received += data
-        return self._compare(payload, bytes(received), "short connection")
+            received = exchange(sock, payload, 30)
+        return self._compare(payload, received, "short connection")
 
     def _compare(self, payload: bytes, received: bytes, kind: str) -> bool:
         if received == payload:
