@@ -21,11 +21,13 @@ myserver} (or any other reactor) serves the same way, only slower.  It is
 also a twistd reactor plugin, C{twistd -r myserver}.
 
 Twisted internals this module relies on (checked by
-C{tests.test_twistedcontract}, which also compares a hash of Twisted's own
-C{EPollReactor.doPoll} with the one this copy was made from, so that an
-upgrade that changes it fails loudly): C{EPollReactor.doPoll}'s body,
-copied with one change; C{_poller}, C{_selectables}, C{_doReadOrWrite}
-and C{_disconnectSelectable}, which it uses.
+C{tests.test_twistedcontract}, which also fingerprints the Twisted code
+copied or replaced here, so that an upgrade that changes it fails
+loudly): C{EPollReactor.doPoll}'s body, copied with the dispatch below;
+C{_add} and C{_remove}, copied so that the map of direct selectables is
+kept in the same steps as Twisted's own; C{_poller}, C{_selectables},
+C{_reads}, C{_writes}, C{_doReadOrWrite} and C{_disconnectSelectable},
+which they use.
 
 A direct selectable whose event is read readiness alone (nearly every event
 of a busy server) is read without C{_doReadOrWrite}: that function's
@@ -35,6 +37,20 @@ of what an echoed message costs.  What it does with the result and with an
 exception is done the same way here: a reason to disconnect goes to
 C{_disconnectSelectable} as a read's, and an exception is logged and
 disconnects the selectable.
+
+The main loop (L{DirectEPollReactor.mainLoop}) is Twisted's, minus the work
+it does on every iteration for timed and thread calls that are not there:
+Twisted's calls C{runUntilCurrent} and C{timeout} (each merging new timed
+calls and reading the clock) and enters a logging context manager every
+time round; a busy server goes round once per batch of ready descriptors,
+which is once per connection or message when they come one at a time.
+Here C{runUntilCurrent} runs only when a thread call, a new or due timed
+call, or the shutdown it fires is waiting, and the poll's timeout is
+computed inline from the earliest timed call when nothing is new.  What
+this reads of Twisted's reactor (C{threadCallQueue}, C{_newTimedCalls},
+C{_pendingTimedCalls} and their C{time}, C{_justStopped}, C{_started},
+C{running}) is checked by C{tests.test_twistedcontract}, which also pins
+the code of C{ReactorBase.mainLoop} and C{timeout} this replaces.
 """
 
 from __future__ import annotations
@@ -45,16 +61,95 @@ import sys
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
+from twisted.logger import Logger
 from twisted.python import log
 
 _EPOLLIN = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
+# The longest poll, as Twisted's ReactorBase.timeout caps it: epoll_wait
+# takes its timeout in milliseconds, as a C int.
+_LONGEST_WAIT = 2147483
+_log = Logger()
 
 
 class DirectEPollReactor(EPollReactor):
     """
     An epoll reactor that dispatches C{directDispatch} selectables without
     a per-event log context.
+
+    @ivar _direct: the direct selectables registered with the poller, by
+        descriptor: kept with Twisted's C{_selectables} in the same steps
+        (C{_add} and C{_remove}), so that an event finds whether its
+        selectable is direct with one lookup, not with a C{getattr} of a
+        flag on every event (which costs more than the rest of the
+        dispatch).
     """
+
+    def __init__(self) -> None:
+        self._direct: dict[int, Any] = {}
+        super().__init__()
+        # An instance attribute (Twisted's is a class attribute until the
+        # first stop): read on every iteration, where CPython 3.11 finds an
+        # instance's own attributes faster.
+        self._justStopped = False
+
+    def _add(
+        self,
+        xer: Any,
+        primary: set[int],
+        other: set[int],
+        selectables: dict[int, Any],
+        event: int,
+        antievent: int,
+    ) -> None:
+        """
+        Twisted's C{EPollReactor._add} (behind C{addReader} and
+        C{addWriter}), which also notes a direct selectable in C{_direct}.
+        """
+        fd = xer.fileno()
+        if fd not in primary:
+            flags = event
+            # As in Twisted: an epoll_ctl error is a bug somewhere; let it
+            # through, and update the maps only once epoll has agreed.
+            if fd in other:
+                flags |= antievent
+                self._poller.modify(fd, flags)
+            else:
+                self._poller.register(fd, flags)
+                if getattr(xer, "directDispatch", False):
+                    self._direct[fd] = xer
+            primary.add(fd)
+            selectables[fd] = xer
+
+    def _remove(
+        self,
+        xer: Any,
+        primary: set[int],
+        other: set[int],
+        selectables: dict[int, Any],
+        event: int,
+        antievent: int,
+    ) -> None:
+        """
+        Twisted's C{EPollReactor._remove} (behind C{removeReader} and
+        C{removeWriter}), which also forgets a direct selectable when the
+        poller forgets it: its descriptor number is reused by the next
+        socket, which must not be dispatched to this one.
+        """
+        fd = xer.fileno()
+        if fd == -1:
+            for fd, fdes in selectables.items():  # noqa: B007 (used below)
+                if xer is fdes:
+                    break
+            else:
+                return
+        if fd in primary:
+            if fd in other:
+                self._poller.modify(fd, antievent)
+            else:
+                del selectables[fd]
+                self._direct.pop(fd, None)
+                self._poller.unregister(fd)
+            primary.remove(fd)
 
     def doPoll(self, timeout: float | None) -> None:
         if timeout is None:
@@ -65,15 +160,13 @@ class DirectEPollReactor(EPollReactor):
             if err.errno == errno.EINTR:
                 return
             raise
-        doReadOrWrite = self._doReadOrWrite
-        selectables = self._selectables
+        direct = self._direct
+        readable = _EPOLLIN
         for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
-            if getattr(selectable, "directDispatch", False):
+            selectable = direct.get(fd)
+            if selectable is not None:
                 try:
-                    if event == _EPOLLIN:
+                    if event == readable:
                         try:
                             why = selectable.doRead()
                         except KeyboardInterrupt:
@@ -85,7 +178,7 @@ class DirectEPollReactor(EPollReactor):
                         if why:
                             self._disconnectSelectable(selectable, why, True)
                     else:
-                        doReadOrWrite(selectable, fd, event)
+                        self._doReadOrWrite(selectable, fd, event)
                 except KeyboardInterrupt:
                     raise
                 except BaseException:
@@ -94,10 +187,56 @@ class DirectEPollReactor(EPollReactor):
                     # the other ready descriptors.  As there, Ctrl-C is not
                     # caught.
                     log.err(None, f"error handling {selectable.logPrefix()}")
-            else:
-                log.callWithLogger(selectable, doReadOrWrite, selectable, fd, event)
+                continue
+            selectable = self._selectables.get(fd)
+            if selectable is not None:
+                log.callWithLogger(
+                    selectable, self._doReadOrWrite, selectable, fd, event
+                )
 
     doIteration = doPoll
+
+    def mainLoop(self) -> None:
+        """
+        Twisted's C{ReactorBase.mainLoop}: run timed and thread calls, poll,
+        until stopped, logging an unexpected error and going on; with
+        C{runUntilCurrent} called only when it has something to do.
+        """
+        while self._started:
+            try:
+                self._iterate()
+            except BaseException:
+                _log.failure("Unexpected error in main loop")
+        _log.info("Main loop terminated.")
+
+    def _iterate(self) -> None:
+        """
+        Iterate until stopped (or until an iteration raises).  Twisted's
+        iteration, C{runUntilCurrent(); doIteration(running and
+        timeout())}, with both calls' work skipped when there is none: the
+        clock is read once, and the poll's timeout is the earliest timed
+        call's, capped as Twisted caps it.  The reactor's C{seconds} is
+        looked up once per loop, not per iteration.
+        """
+        seconds = self.seconds
+        doIteration = self.doIteration
+        while self._started:
+            pending = self._pendingTimedCalls
+            if pending:
+                wait = pending[0].time - seconds()
+                if wait > _LONGEST_WAIT:
+                    wait = _LONGEST_WAIT
+            else:
+                wait = None
+            if (
+                (wait is not None and wait <= 0)
+                or self.threadCallQueue
+                or self._newTimedCalls
+                or self._justStopped
+            ):
+                self.runUntilCurrent()
+                wait = self.timeout()
+            doIteration(self.running and wait)
 
 
 def install() -> None:

@@ -127,7 +127,9 @@ class GuardedServer(tcp.Server):
         self._tempDataLen = 0
         self.dataBuffer = b""
         self._writeDisconnected = False
-        self.disconnecting = 0
+        # Booleans where Twisted sets 0 and 1: tested on every message, and
+        # CPython jumps on True and False without calling their __bool__.
+        self.disconnecting = False
         self.bufferSize = type(self).bufferSize
         self.bytesReceived = 0
         self.bytesSent = 0
@@ -157,7 +159,7 @@ class GuardedServer(tcp.Server):
         self.maxWriteBuffer = guard.maxWriteBuffer
         self.openedAt = self.activeAt = guard.clock.seconds()
         self.startReading()
-        self.connected = 1
+        self.connected = True
         if guard.noDelay and self.isTCP:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -249,9 +251,11 @@ class GuardedServer(tcp.Server):
         return None
 
     def write(self, data: bytes) -> None:
-        if not self.connected or self._writeDisconnected or not data:
+        if self._writeDisconnected or not self.connected:
             return
-        if not self.dataBuffer and not self._tempDataLen:
+        if not self._tempDataLen and not self.dataBuffer:
+            # An empty write costs a write(2) that sends nothing; it is too
+            # rare to test for on every message.
             try:
                 sent = self._io.write(self._fd, data)
             except OSError:
@@ -265,6 +269,8 @@ class GuardedServer(tcp.Server):
                 if sent == len(data):
                     return
             data = data[sent:]
+        if not data:
+            return
         self._tempDataBuffer.append(data)
         self._tempDataLen += len(data)
         pending = self.pendingBytes()

@@ -97,6 +97,36 @@ class DispatchTests(TestCase):
         errors = self.flushLoggedErrors(RuntimeError)
         self.assertEqual(len(errors), 1)
 
+    def test_reusedDescriptorNotDirect(self) -> None:
+        """
+        A direct selectable is forgotten when it is removed: the next socket
+        given its descriptor number is dispatched as what it is, not to the
+        old one.
+        """
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        gone = Direct(self.reactor, ours, "gone")
+        self.reactor.addReader(gone)
+        number = ours.fileno()
+        self.reactor.removeReader(gone)
+        ours.close()
+        plain = self.readable(Readable, "plain")
+        self.assertEqual(plain.fileno(), number)
+        self.reactor.doPoll(1)
+        self.assertEqual((gone.systems, plain.systems), ([], ["plain"]))
+
+    def test_directWhileWatched(self) -> None:
+        """
+        A direct selectable stays direct while the poller watches it for
+        reading or for writing, and is forgotten when it watches neither.
+        """
+        direct = self.readable(Direct, "direct")
+        self.reactor.addWriter(direct)
+        self.reactor.removeReader(direct)
+        self.assertEqual(self.reactor._direct, {direct.fileno(): direct})
+        self.reactor.removeWriter(direct)
+        self.assertEqual(self.reactor._direct, {})
+
     def test_reactorName(self) -> None:
         """
         Workers are told the parent's reactor by its twistd name.

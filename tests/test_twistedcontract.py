@@ -14,9 +14,11 @@ silently different behaviour instead of an error).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import inspect
 import socket
+import textwrap
 import types
 from typing import Any
 
@@ -24,6 +26,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import (
     _newtls,
     abstract,
+    base,
     endpoints,
     epollreactor,
     process,
@@ -48,6 +51,42 @@ from myserver.transport import GuardedServer, GuardedUNIXServer
 # myserver's copy (DirectEPollReactor.doPoll) was checked against: 24.7.0
 # through 26.10.0 all have this one.
 DO_POLL_SHA256 = "09b62ae68ef01b4bc5eaa170827e2baf0a2a5098e7e7ce7b5e1c80cda187c827"
+
+# codeFingerprint of the Twisted methods myserver.reactor copied or
+# replaced, the same in 24.7.0 through 26.10.0 (whose sources differ only
+# in their type annotations).
+COPIED_FINGERPRINTS = {
+    (epollreactor.EPollReactor, "_add"): (
+        "8e6fb574664fbdddce77f42627d30025858c28fd734ba4695bea2b272abd9f7e"
+    ),
+    (epollreactor.EPollReactor, "_remove"): (
+        "c75b61dcb64fc5195abc8ac2b7e4f561422a2841502fcf5dcb5472132818decd"
+    ),
+    (base.ReactorBase, "mainLoop"): (
+        "1d9e342e85c872e6e88749982f759af2cbdb7ffe09f748b4b8883bcd14d13eec"
+    ),
+    (base.ReactorBase, "timeout"): (
+        "9eee6d22c2b3537b74d2475c43cb897faeaaa4b5b8fd9de51e5f1a6124ba3b6d"
+    ),
+}
+
+
+def codeFingerprint(function: Any) -> str:
+    """
+    A hash of what C{function} does: its syntax tree without docstrings
+    and type annotations (which Twisted rewrites between releases without
+    changing the code) and without positions, so that only a change of
+    code changes it.
+    """
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+            if ast.get_docstring(node, clean=False) is not None:
+                node.body = node.body[1:] or [ast.Pass()]
+        elif isinstance(node, ast.arg):
+            node.annotation = None
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
 
 
 class ContractTestCase(TestCase):
@@ -293,3 +332,35 @@ class CopiedCodeTests(ContractTestCase):
         self.addCleanup(reactor._poller.close)
         self.assertIsInstance(reactor._selectables, dict, user)
         self.assertTrue(callable(reactor._poller.poll), user)
+
+    def test_replacedReactorCode(self) -> None:
+        """
+        The Twisted code L{myserver.reactor.DirectEPollReactor} copies
+        (C{_add}, C{_remove}) or replaces with a leaner loop (C{mainLoop},
+        C{timeout}) is still the code it was made from; and the reactor's
+        state the replacement reads is still there, of the kind it reads.
+        """
+        for (owner, name), fingerprint in COPIED_FINGERPRINTS.items():
+            self.assertEqual(
+                codeFingerprint(getattr(owner, name)),
+                fingerprint,
+                f"{owner.__module__}.{owner.__qualname__}.{name} changed: "
+                f"redo myserver.reactor.DirectEPollReactor's from the new one",
+            )
+        user = "myserver.reactor (DirectEPollReactor.mainLoop)"
+        reactor = epollreactor.EPollReactor()
+        self.addCleanup(reactor.waker.connectionLost, None)
+        self.addCleanup(reactor._poller.close)
+        self.assertIsInstance(reactor.threadCallQueue, list, user)
+        self.assertIsInstance(reactor._newTimedCalls, list, user)
+        self.assertIsInstance(reactor._pendingTimedCalls, list, user)
+        self.assertIs(reactor._justStopped, False, user)
+        self.assertIs(reactor._started, False, user)
+        self.assertIs(reactor.running, False, user)
+        self.assertIsInstance(reactor._reads, set, user)
+        self.assertIsInstance(reactor._writes, set, user)
+        call = reactor.callLater(5, lambda: None)
+        self.addCleanup(call.cancel)
+        reactor.runUntilCurrent()
+        self.assertEqual(reactor._pendingTimedCalls, [call], user)
+        self.assertIsInstance(call.time, float, user)
