@@ -87,7 +87,9 @@ class AcceptGate:
         """
         if self.budget.state == OVERLOADED:
             return 0
-        room = self.maxConnections - len(self.registry)
+        # The registry's set itself, here and below: its __len__ is one
+        # more Python call per connection.
+        room = self.maxConnections - len(self.registry.connections)
         if listener.maxConnections:
             room = min(room, listener.maxConnections - len(listener.connections))
         return room
@@ -107,7 +109,7 @@ class AcceptGate:
         A connection of C{listener} opened: at the server's limit every port
         pauses, at the listener's own limit its ports do.
         """
-        if len(self.registry) >= self.maxConnections:
+        if len(self.registry.connections) >= self.maxConnections:
             for ports in self._ports.values():
                 for port in ports:
                     port.pauseAccepting()
@@ -122,7 +124,7 @@ class AcceptGate:
         A connection of C{listener} closed: if that made room where there was
         none, the ports that may now accept resume.
         """
-        if len(self.registry) == self.maxConnections - 1:
+        if len(self.registry.connections) == self.maxConnections - 1:
             self.reconsider()
         elif self.budget.state == OVERLOADED:
             return

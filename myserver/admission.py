@@ -69,13 +69,10 @@ class Admission:
         self.maxPerAddress = maxPerAddress
         self._shift = {4: 32 - ipv4Prefix, 6: 128 - ipv6Prefix}
         self.openByAddress: dict[tuple[int, int], int] = {}
-
-    @property
-    def active(self) -> bool:
-        """
-        Whether any rule applies; when none does, accepting skips admission.
-        """
-        return bool(self.allow or self.deny or self.maxPerAddress)
+        # Whether any rule applies; when none does, accepting skips
+        # admission.  Read per connection; the rules never change once
+        # made (a reload makes a new Admission).
+        self.active = bool(allow or deny or maxPerAddress)
 
     @staticmethod
     def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:

@@ -63,6 +63,7 @@ import socket
 from typing import Any
 
 from twisted.internet import _newtls, abstract, address, main, tcp, unix
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 
@@ -235,7 +236,7 @@ class GuardedServer(tcp.Server):
                 return None
             return main.CONNECTION_LOST
         if not data:
-            return main.CONNECTION_DONE
+            return self._peerFinished()
         self.bytesReceived += len(data)
         self._inProtocol = True
         try:
@@ -395,17 +396,40 @@ class GuardedServer(tcp.Server):
         self._maybeResumeReading()
 
     def readConnectionLost(self, reason: Failure) -> None:
+        why = self._peerFinished()
+        if why:
+            self.connectionLost(Failure(why))
+
+    def _peerFinished(self) -> Any:
+        """
+        The peer has shut down its sending side: what Twisted's reactor
+        (C{_disconnectSelectable}) and C{tcp.Connection.readConnectionLost}
+        do with the EOF, done here by the read that found it, in one call.
+        A protocol that provides L{IHalfCloseableProtocol} is told, and the
+        connection stays open for its output; any other one has what is
+        queued sent, then the close (half-close safety).  Either way the
+        connection stops reading: epoll would report the EOF on every turn.
+
+        @return: L{None}, or the reason to drop the connection when the
+            protocol raised (logged as its other methods' errors are).
+        """
         self._readClosed = True
+        halfCloseable = IHalfCloseableProtocol(self.protocol, None)
         self._inProtocol = True
         try:
-            if IHalfCloseableProtocol(self.protocol, None) is not None:
-                super().readConnectionLost(reason)
-            else:
-                # Half-close safety: what is queued is sent, then the close.
+            if halfCloseable is None:
                 self.loseConnection()
-        finally:
+            else:
+                halfCloseable.readConnectionLost()
+        except Exception:
             self._inProtocol = False
+            self.guard.protocolFailed("readConnectionLost", self.getPeer())
+            return main.CONNECTION_LOST
+        self._inProtocol = False
         self._closeIfFlushed()
+        if self.connected:
+            self.stopReading()
+        return None
 
     def _closeIfFlushed(self) -> None:
         """
@@ -442,10 +466,36 @@ class GuardedServer(tcp.Server):
             super()._closeSocket(orderly)
 
     def connectionLost(self, reason: Failure) -> None:
+        """
+        C{tcp.Connection.connectionLost} with C{abstract.FileDescriptor}'s
+        (their code is pinned by C{tests.test_twistedcontract}), in one
+        call instead of a dozen: the reactor forgets the descriptor for
+        reading and writing at once when it can (L{myserver.reactor}'s
+        C{removeSelectable}), and an abort is told from an orderly close by
+        its type, not by C{Failure.check}'s walk of qualified names.  Then
+        the guard's accounting, whatever the protocol did.
+        """
         if not hasattr(self, "socket"):
+            # Closed already (an abort, then an error reaching the reactor).
             return
         try:
-            super().connectionLost(reason)
+            self.disconnected = True
+            self.connected = False
+            if self.producer is not None:
+                self.producer.stopProducing()
+                self.producer = None
+            removeSelectable = getattr(self.reactor, "removeSelectable", None)
+            if removeSelectable is None:
+                self.stopReading()
+                self.stopWriting()
+            else:
+                removeSelectable(self)
+            self._closeSocket(not isinstance(reason.value, ConnectionAborted))
+            protocol = self.protocol
+            del self.protocol
+            del self.socket
+            del self.fileno
+            protocol.connectionLost(reason)
         except Exception:
             # The protocol's connectionLost raised: the connection is closed
             # all the same; say which protocol, as for its other methods.

@@ -127,6 +127,24 @@ class DispatchTests(TestCase):
         self.reactor.removeWriter(direct)
         self.assertEqual(self.reactor._direct, {})
 
+    def test_removeSelectable(self) -> None:
+        """
+        C{removeSelectable} forgets a selectable for reading and writing in
+        one step, as C{removeReader} and C{removeWriter} would; one epoll
+        refused (a regular file, polled continuously) too.
+        """
+        direct = self.readable(Direct, "direct")
+        self.reactor.addWriter(direct)
+        with open(__file__) as regular:
+            polled = Readable(self.reactor, regular, "polled")
+            self.reactor.addReader(polled)
+            self.assertIn(polled, self.reactor.getReaders())
+            for selectable in (direct, polled):
+                self.reactor.removeSelectable(selectable)
+            watched = self.reactor.getReaders() + self.reactor.getWriters()
+            self.assertEqual([s for s in watched if s in (direct, polled)], [])
+        self.assertEqual(self.reactor._direct, {})
+
     def test_reactorName(self) -> None:
         """
         Workers are told the parent's reactor by its twistd name.

@@ -52,21 +52,39 @@ from myserver.transport import GuardedServer, GuardedUNIXServer
 # through 26.10.0 all have this one.
 DO_POLL_SHA256 = "09b62ae68ef01b4bc5eaa170827e2baf0a2a5098e7e7ce7b5e1c80cda187c827"
 
-# codeFingerprint of the Twisted methods myserver.reactor copied or
-# replaced, the same in 24.7.0 through 26.10.0 (whose sources differ only
-# in their type annotations).
+# codeFingerprint of the Twisted methods myserver copied or replaced, and
+# where: the same in 24.7.0 through 26.10.0 (whose sources differ only in
+# type annotations).
+_REACTOR = "myserver.reactor (DirectEPollReactor)"
+_TRANSPORT = "myserver.transport (GuardedServer)"
 COPIED_FINGERPRINTS = {
     (epollreactor.EPollReactor, "_add"): (
-        "8e6fb574664fbdddce77f42627d30025858c28fd734ba4695bea2b272abd9f7e"
+        "8e6fb574664fbdddce77f42627d30025858c28fd734ba4695bea2b272abd9f7e",
+        _REACTOR,
     ),
     (epollreactor.EPollReactor, "_remove"): (
-        "c75b61dcb64fc5195abc8ac2b7e4f561422a2841502fcf5dcb5472132818decd"
+        "c75b61dcb64fc5195abc8ac2b7e4f561422a2841502fcf5dcb5472132818decd",
+        _REACTOR,
     ),
     (base.ReactorBase, "mainLoop"): (
-        "1d9e342e85c872e6e88749982f759af2cbdb7ffe09f748b4b8883bcd14d13eec"
+        "1d9e342e85c872e6e88749982f759af2cbdb7ffe09f748b4b8883bcd14d13eec",
+        _REACTOR,
     ),
     (base.ReactorBase, "timeout"): (
-        "9eee6d22c2b3537b74d2475c43cb897faeaaa4b5b8fd9de51e5f1a6124ba3b6d"
+        "9eee6d22c2b3537b74d2475c43cb897faeaaa4b5b8fd9de51e5f1a6124ba3b6d",
+        _REACTOR,
+    ),
+    (tcp.Connection, "connectionLost"): (
+        "58bac5ad31515ab49b84cc23a8e10b123be6c058fbb53e6e850310af7f309b3c",
+        _TRANSPORT,
+    ),
+    (abstract.FileDescriptor, "connectionLost"): (
+        "721339ba19773b138f8f7a791d796462050b33c4ccb6996b2072cee0cf773834",
+        _TRANSPORT,
+    ),
+    (tcp.Connection, "readConnectionLost"): (
+        "ada62adc2a708579acd20c7020f4858c843b56eba0d06f8eace97abc4281a452",
+        _TRANSPORT,
     ),
 }
 
@@ -333,19 +351,21 @@ class CopiedCodeTests(ContractTestCase):
         self.assertIsInstance(reactor._selectables, dict, user)
         self.assertTrue(callable(reactor._poller.poll), user)
 
-    def test_replacedReactorCode(self) -> None:
+    def test_replacedCode(self) -> None:
         """
         The Twisted code L{myserver.reactor.DirectEPollReactor} copies
         (C{_add}, C{_remove}) or replaces with a leaner loop (C{mainLoop},
-        C{timeout}) is still the code it was made from; and the reactor's
-        state the replacement reads is still there, of the kind it reads.
+        C{timeout}), and the close path L{GuardedServer} does in one call
+        (C{connectionLost}, C{readConnectionLost}), is still the code it
+        was made from; and the reactor's state the replacement reads is
+        still there, of the kind it reads.
         """
-        for (owner, name), fingerprint in COPIED_FINGERPRINTS.items():
+        for (owner, name), (fingerprint, user) in COPIED_FINGERPRINTS.items():
             self.assertEqual(
                 codeFingerprint(getattr(owner, name)),
                 fingerprint,
                 f"{owner.__module__}.{owner.__qualname__}.{name} changed: "
-                f"redo myserver.reactor.DirectEPollReactor's from the new one",
+                f"redo {user}'s {name} from the new one",
             )
         user = "myserver.reactor (DirectEPollReactor.mainLoop)"
         reactor = epollreactor.EPollReactor()

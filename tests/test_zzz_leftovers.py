@@ -10,6 +10,7 @@ so that nothing outlives it.
 
 from __future__ import annotations
 
+import os
 import time
 
 from twisted.trial.unittest import TestCase
@@ -22,10 +23,23 @@ class LeftoverProcessTests(TestCase):
     def test_noProcessOutlivesTheSuite(self) -> None:
         # A process told to stop may take a moment to finish its drain.
         deadline = time.monotonic() + 10
-        alive = markedProcesses(SUITE_RUN, SUITE_RUN_ID)
+        alive = self._started()
         while alive and time.monotonic() < deadline:
             time.sleep(0.2)
-            alive = markedProcesses(SUITE_RUN, SUITE_RUN_ID)
+            alive = self._started()
         named = [f"{pid}: {commandLine(pid)}" for pid in alive]
         endProcesses(alive)
         self.assertEqual(named, [], "processes the suite started are still alive")
+
+    @staticmethod
+    def _started() -> list[int]:
+        """
+        The marked processes, less this run's other trial workers (C{trial
+        -j N}): the runner's, not the suite's, still running their tests.
+        """
+        ours = commandLine(os.getpid())
+        return [
+            pid
+            for pid in markedProcesses(SUITE_RUN, SUITE_RUN_ID)
+            if commandLine(pid) != ours
+        ]
