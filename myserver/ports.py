@@ -34,6 +34,9 @@ expected, by C{tests.test_twistedcontract}):
   - C{tcp._SocketCloser._shouldShutdown}, turned off (see L{GuardedPort});
   - CPython's C{socket._accept} (not Twisted's, fenced the same way):
     the accept without C{socket.accept}'s enum conversions;
+  - C{tcp.Port.createInternetSocket} (the socket a port binds itself)
+    and C{tcp.Port._preexistingSocket} (the one it adopted, read before
+    C{startListening}): where C{TCP_NODELAY} goes on the listening socket;
   - C{tcp.Port._fromListeningDescriptor} and
     C{unix.Port._fromListeningDescriptor}: how Twisted's own
     C{adoptStreamPort} builds a port around an inherited socket (systemd).
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any
 
 from twisted.internet import tcp, unix
@@ -74,6 +78,9 @@ def backlogFor(endpoint: str) -> int | None:
 
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # The peer gave up, or a firewall said no: try the next one.
+# Accepted TCP sockets copy the listening socket's options (TCP_NODELAY
+# among them) on Linux; elsewhere each connection sets its own.
+_INHERITS_OPTIONS = sys.platform.startswith("linux")
 _PEER_GONE = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO)
 
 
@@ -293,9 +300,40 @@ class GuardedPort:
 class GuardedTCPPort(GuardedPort, tcp.Port):
     """
     A TCP listening port whose connections are L{GuardedServer}s.
+
+    @ivar noDelayInherited: whether the sockets it accepts have
+        C{TCP_NODELAY} already, from the listening socket: Linux copies a
+        listening socket's options to the sockets it accepts, which saves
+        the transport a C{setsockopt} call per connection.
     """
 
     transport = GuardedServer
+    noDelayInherited = False
+
+    def createInternetSocket(self) -> socket.socket:
+        """
+        A socket this port binds itself: with C{TCP_NODELAY} set before it
+        listens, so that every connection it accepts has it.
+        """
+        skt: socket.socket = super().createInternetSocket()
+        if self.guard.noDelay and _INHERITS_OPTIONS:
+            skt.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.noDelayInherited = True
+        return skt
+
+    def startListening(self) -> None:
+        adopted = self._preexistingSocket
+        if adopted is not None and _INHERITS_OPTIONS:
+            # Listening already (systemd's, a previous generation's, the
+            # supervisor's): what waits in its queue has the option only if
+            # the socket had it from the start.  Set it now for later ones
+            # all the same; when it was missing, the transport sets it on
+            # each connection.
+            option = (socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            had = adopted.getsockopt(*option) != 0
+            adopted.setsockopt(*option, int(self.guard.noDelay))
+            self.noDelayInherited = had and self.guard.noDelay
+        super().startListening()
 
     def _address(self, addr: Any) -> IPv4Address | IPv6Address:
         if self.addressFamily == socket.AF_INET6:

@@ -161,7 +161,7 @@ class GuardedServer(tcp.Server):
         self.openedAt = self.activeAt = guard.clock.seconds()
         self.startReading()
         self.connected = True
-        if guard.noDelay and self.isTCP:
+        if guard.noDelay and self.isTCP and not server.noDelayInherited:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:

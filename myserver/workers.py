@@ -232,6 +232,10 @@ def reusePortListener(family: int, address: Any, backlog: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        # Before it listens, so that every connection it queues has it:
+        # the workers' ports then leave it to the kernel to copy (a worker
+        # configured without it turns it off on its copy).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(address)
         sock.listen(max(backlog, 1))
     except OSError:

@@ -87,6 +87,19 @@ class BenchTests(TestCase):
                 self.assertTrue(values["verified"])
             self.assertEqual(set(data["ratio_of_myserver_to"]), servers - {"myserver"})
         self.assertIn("myserver/twisted", out)
+        # Every measure side by side, each server's against uvloop's.
+        measures = {(r["scenario"], r["measure"]): r for r in report["by_server"]}
+        for scenario in ("pingpong", "connect-rate"):
+            for measure in ("rate", "server_cpu_us"):
+                row = measures[scenario, measure]
+                self.assertEqual(set(row["values"]), servers)
+                self.assertEqual(row["ratio_to_uvloop"]["uvloop"], 1.0)
+                self.assertAlmostEqual(
+                    row["ratio_to_uvloop"]["myserver"],
+                    row["values"]["myserver"] / row["values"]["uvloop"],
+                )
+        self.assertIn("every measure, per server", out)
+        self.assertIn("connect-rate: server CPU per operation (us)", out)
         self.assertIn("[1/10] pingpong: asyncio...", err)
         self.assertIn("[10/10] connect-rate: uvloop...", err)
 

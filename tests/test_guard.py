@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any
 
 from twisted.internet import reactor
@@ -21,6 +22,7 @@ from twisted.trial.unittest import TestCase
 
 from myserver.accepting import AcceptGate
 from myserver.policy import Guard
+from myserver.ports import GuardingReactor
 from myserver.protocols.echo import Echo, buildFactory
 from myserver.registry import ConnectionRegistry
 from myserver.service import ListenerService, ServerService
@@ -109,7 +111,7 @@ class ServingTestCase(TestCase):
     maxWriteBuffer = 64 * 1024
 
     @inlineCallbacks
-    def serve(self, factory: Factory) -> Any:
+    def serve(self, factory: Factory, noDelay: bool = True) -> Any:
         self.registry = ConnectionRegistry()
         self.gate = AcceptGate(self.registry, 10000)
         self.guard = Guard(
@@ -118,6 +120,7 @@ class ServingTestCase(TestCase):
             reactor,
             protocolName="test",
             maxWriteBuffer=self.maxWriteBuffer,
+            noDelay=noDelay,
         )
         self.server = ServerService(self.registry, self.gate, 30.0, reactor)
         self.listener = ListenerService(
@@ -211,24 +214,77 @@ class GuardedServerTests(ServingTestCase):
         received = yield client.done
         self.assertEqual(received, b"x" * 1000)
 
+    def assertNoDelay(self, connection: GuardedServer, expected: bool) -> None:
+        option = connection.getHandle().getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY
+        )
+        self.assertEqual(bool(option), expected)
+
     @inlineCallbacks
     def test_noDelay(self) -> Any:
         """
-        Accepted TCP connections have TCP_NODELAY set, unless turned off.
+        Accepted TCP connections have TCP_NODELAY set, unless turned off;
+        on Linux they have it from the listening socket, which the port
+        sets before it listens, and the transport sets nothing.
         """
-        yield self.serve(buildFactory({}))
         for noDelay in (True, False):
-            self.guard.noDelay = noDelay
+            yield self.serve(buildFactory({}), noDelay=noDelay)
+            port = self.listener.port
+            listening = port.socket  # type: ignore[union-attr]
+            inherits = sys.platform.startswith("linux") and noDelay
+            self.assertEqual(port.noDelayInherited, inherits)  # type: ignore[union-attr]
+            if sys.platform.startswith("linux"):
+                option = listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                self.assertEqual(bool(option), noDelay)
             client = yield self.connect(Client(b"", halfClose=False))
             yield deferLater(reactor, 0.05, lambda: None)
-            connection = self.serverConnection()
-            option = connection.getHandle().getsockopt(
-                socket.IPPROTO_TCP, socket.TCP_NODELAY
-            )
-            self.assertEqual(bool(option), noDelay)
+            self.assertNoDelay(self.serverConnection(), noDelay)
             client.transport.loseWriteConnection()
             yield client.done
-            yield self.registry.whenEmpty()
+            yield self.stopServer()
+
+    @inlineCallbacks
+    def test_noDelayOnAdoptedListener(self) -> Any:
+        """
+        A listening socket handed over without TCP_NODELAY (systemd's,
+        unless its unit says NoDelay=) may already hold connections that
+        lack it: the port sets it on the listener for later ones, and the
+        transport on each connection, so every one has it.  One handed over
+        with it, when the server wants it off, is turned off.
+        """
+        for had, noDelay in ((False, True), (True, False)):
+            yield self.serve(buildFactory({}), noDelay=noDelay)
+            listening = socket.socket()
+            self.addCleanup(listening.close)
+            listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(had))
+            listening.bind(("127.0.0.1", 0))
+            listening.listen()
+            listening.setblocking(False)  # As systemd's are.
+            # Queued before the server adopts the socket.
+            early = socket.create_connection(listening.getsockname())
+            self.addCleanup(early.close)
+            adopted = GuardingReactor(reactor, self.guard).adoptStreamPort(
+                listening.fileno(), socket.AF_INET, buildFactory({})
+            )
+            self.addCleanup(adopted.stopListening)
+            self.assertFalse(adopted.noDelayInherited)  # type: ignore[attr-defined]
+            option = listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            self.assertEqual(bool(option), noDelay)
+            late = socket.create_connection(listening.getsockname())
+            self.addCleanup(late.close)
+            while len(self.registry.connections) < 2:
+                yield deferLater(reactor, 0.01, lambda: None)
+            for connection in self.registry.connections:
+                if noDelay:
+                    self.assertNoDelay(connection, True)
+            if not noDelay:
+                [lateServed] = [
+                    c
+                    for c in self.registry.connections
+                    if c.getPeer().port == late.getsockname()[1]
+                ]
+                self.assertNoDelay(lateServed, False)
+            yield self.stopServer()
 
     @inlineCallbacks
     def test_registryFollowsConnections(self) -> Any:

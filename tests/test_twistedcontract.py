@@ -149,6 +149,9 @@ class PrivateNamesTests(ContractTestCase):
         self.assertKind(tcp.Port, "transport", type, user)
         self.assertKind(unix.Port, "transport", type, user)
         self.assertKind(tcp.Port, "_fromListeningDescriptor", classmethod, user)
+        # Where TCP_NODELAY goes on a listening socket (GuardedTCPPort).
+        self.assertKind(tcp.Port, "createInternetSocket", types.FunctionType, user)
+        self.assertIn("_preexistingSocket", inspect.getsource(tcp.Port.startListening))
         self.assertKind(unix.Port, "_fromListeningDescriptor", classmethod, user)
         self.assertEqual(tcp.Port.addressFamily, socket.AF_INET, user)
 
@@ -164,6 +167,7 @@ class PrivateNamesTests(ContractTestCase):
         port: Any = types.SimpleNamespace(
             guard=Guard(registry, AcceptGate(registry, 10), Clock()),
             _realPortNumber=1,
+            noDelayInherited=False,
         )
         lazy = {"logstr", "repstr"}
         cases = [

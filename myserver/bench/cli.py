@@ -417,6 +417,15 @@ def plot(report: dict[str, Any], path: str) -> bool:
         for key in data
         if key.startswith("ratio_of_myserver_to_by_") and data[key]
     ]
+    # myserver against uvloop on every measure at once: throughput higher
+    # is better, every other measure (a cost) lower.
+    againstUvloop = {
+        f"{row['scenario']}\n{row['measure']}": row["ratio_to_uvloop"]["myserver"]
+        for row in report.get("by_server", [])
+        if "myserver" in row["ratio_to_uvloop"] and row["measure"] != "server_busy"
+    }
+    if againstUvloop:
+        scenarios.append(("every measure", "x uvloop", againstUvloop))
     columns = max(1, min(4, len(scenarios)))
     rows = max(1, -(-len(scenarios) // columns))
     figure, axes = plt.subplots(
@@ -427,14 +436,18 @@ def plot(report: dict[str, Any], path: str) -> bool:
     for axis, (name, metric, byPeer) in zip(axes.flat, scenarios, strict=False):
         peers = list(byPeer)
         ratios = [byPeer[p] for p in peers]
-        higherIsBetter = metric == "rate"
+        higher = [metric == "rate" or peer.endswith("\nrate") for peer in peers]
         colours = [
-            "tab:green" if (r >= 1) == higherIsBetter else "tab:red" for r in ratios
+            "tab:green" if (r >= 1) == better else "tab:red"
+            for r, better in zip(ratios, higher, strict=True)
         ]
         axis.bar(peers, ratios, color=colours)
         axis.axhline(1.0, color="black", linewidth=0.8)
-        better = "higher" if higherIsBetter else "lower"
-        axis.set_title(f"{name}: myserver / peer\n({metric}, {better} is better)")
+        if metric == "x uvloop":
+            axis.set_title("myserver / uvloop\n(rates: higher is better; costs: lower)")
+        else:
+            better = "higher" if metric == "rate" else "lower"
+            axis.set_title(f"{name}: myserver / peer\n({metric}, {better} is better)")
         axis.tick_params(axis="x", labelrotation=30)
         axis.set_ylim(0, max([*ratios, 1.0]) * 1.15)
         for x, ratio in enumerate(ratios):
@@ -521,9 +534,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def publish(summary: dict[str, Any], options: argparse.Namespace) -> int:
     """
-    Print C{summary} as a table, and save it as JSON and a plot if asked.
+    Print C{summary} as a table, with every measure side by side per server
+    and its ratio to uvloop's (L{byServer}), and save it as JSON and a plot if
+    asked.
     """
+    summary["by_server"] = byServer(summary)
     print(table(summary))
+    print(byServerTable(summary["by_server"]))
     if options.json:
         with open(options.json, "w") as f:
             json.dump(summary, f, indent=2)
@@ -604,6 +621,97 @@ def summarise(
                 medians, "server_cpu_us"
             )
     return report
+
+
+# The measures shown side by side, per scenario: key, label, unit.
+_MEASURES = (
+    ("rate", "throughput", "/s"),
+    ("server_cpu_us", "server CPU per operation", "us"),
+    ("server_busy", "server's core busy", ""),
+    ("syscalls_per_message", "system calls per echoed message", ""),
+    ("syscalls_per_connection", "system calls per connection", ""),
+    ("syscalls_per_connection_alone", "system calls per connection, one at a time", ""),
+    ("instructions_per_message", "instructions per echoed message", ""),
+    ("instructions_per_connection", "instructions per connection", ""),
+    ("bytes_per_connection", "memory per idle connection", "B"),
+)  # fmt: skip
+
+
+def byServer(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """
+    Every measure of every scenario, one row each: each server's value and
+    its ratio to uvloop's (when uvloop ran), so that a peer's throughput,
+    CPU, system calls and instructions per operation read side by side.
+    """
+    rows = []
+    for scenario, data in report["scenarios"].items():
+        servers = data["servers"]
+        for key, label, unit in _MEASURES:
+            values = {
+                server: measured[key]
+                for server, measured in servers.items()
+                if key in measured
+            }
+            if not values:
+                continue
+            reference = values.get("uvloop")
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "measure": key,
+                    "label": label,
+                    "unit": unit,
+                    "values": values,
+                    "ratio_to_uvloop": {
+                        server: value / reference for server, value in values.items()
+                    }
+                    if reference
+                    else {},
+                    # Under 90 % of its core, a server's rate is the load
+                    # generator's: compare its CPU per operation instead.
+                    "client_bound": sorted(
+                        server
+                        for server, measured in servers.items()
+                        if key == "rate" and measured.get("server_busy", 1) < 0.9
+                    ),
+                }
+            )
+    return rows
+
+
+def byServerTable(rows: list[dict[str, Any]]) -> str:
+    """
+    L{byServer}'s rows as text: one line per measure, one column per
+    server, each value with its ratio to uvloop's.
+    """
+    servers: list[str] = []
+    for row in rows:
+        servers += [s for s in row["values"] if s not in servers]
+    lines = ["every measure, per server (x uvloop; * client-bound: see CPU/op)"]
+    lines.append(f"  {'':<58}" + "".join(f"{s:>22}" for s in servers))
+    for row in rows:
+        cells = ""
+        for server in servers:
+            value = row["values"].get(server)
+            if value is None:
+                cells += f"{'-':>22}"
+                continue
+            shown = f"{value:.0%}" if row["measure"] == "server_busy" else _short(value)
+            ratio = row["ratio_to_uvloop"].get(server)
+            if ratio is not None and server != "uvloop":
+                shown += f" ({ratio:.2f}x)"
+            if server in row["client_bound"]:
+                shown += "*"
+            cells += f"{shown:>22}"
+        unit = f" ({row['unit']})" if row["unit"] else ""
+        lines.append(f"  {row['scenario'] + ': ' + row['label'] + unit:<58}{cells}")
+    return "\n".join(lines)
+
+
+def _short(value: float) -> str:
+    if abs(value) >= 10000:
+        return f"{value / 1000:.1f}k"
+    return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
 
 
 def _ratios(medians: dict[str, dict[str, Any]], key: str) -> dict[str, float]:
