@@ -78,10 +78,10 @@ def backlogFor(endpoint: str) -> int | None:
 
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # The peer gave up, or a firewall said no: try the next one.
+_PEER_GONE = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO)
 # Accepted TCP sockets copy the listening socket's options (TCP_NODELAY
 # among them) on Linux; elsewhere each connection sets its own.
 _INHERITS_OPTIONS = sys.platform.startswith("linux")
-_PEER_GONE = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO)
 
 
 @implementer(IAcceptingPort)

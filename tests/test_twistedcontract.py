@@ -151,7 +151,9 @@ class PrivateNamesTests(ContractTestCase):
         self.assertKind(tcp.Port, "_fromListeningDescriptor", classmethod, user)
         # Where TCP_NODELAY goes on a listening socket (GuardedTCPPort).
         self.assertKind(tcp.Port, "createInternetSocket", types.FunctionType, user)
-        self.assertIn("_preexistingSocket", inspect.getsource(tcp.Port.startListening))
+        self.assertIn(
+            "_preexistingSocket", inspect.getsource(tcp.Port.startListening), user
+        )
         self.assertKind(unix.Port, "_fromListeningDescriptor", classmethod, user)
         self.assertEqual(tcp.Port.addressFamily, socket.AF_INET, user)
 
