@@ -33,7 +33,8 @@ expected, by C{tests.test_twistedcontract}):
     when the process runs out (one reserve for the whole process);
   - C{tcp._SocketCloser._shouldShutdown}, turned off (see L{GuardedPort});
   - CPython's C{socket._accept} (not Twisted's, fenced the same way):
-    the accept without C{socket.accept}'s enum conversions;
+    the accept that returns the descriptor, without C{socket.accept}'s
+    socket object, which the transport makes only if asked for one;
   - C{tcp.Port.createInternetSocket} (the socket a port binds itself)
     and C{tcp.Port._preexistingSocket} (the one it adopted, read before
     C{startListening}): where C{TCP_NODELAY} goes on the listening socket;
@@ -45,6 +46,7 @@ expected, by C{tests.test_twistedcontract}):
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import sys
 from typing import Any
@@ -79,9 +81,23 @@ def backlogFor(endpoint: str) -> int | None:
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # The peer gave up, or a firewall said no: try the next one.
 _PEER_GONE = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO)
+# How many wake-ups in a row must fill a batch of one before a port tries
+# more than one accept per wake-up.
+_SINGLES_BEFORE_GROWING = 8
 # Accepted TCP sockets copy the listening socket's options (TCP_NODELAY
 # among them) on Linux; elsewhere each connection sets its own.
 _INHERITS_OPTIONS = sys.platform.startswith("linux")
+
+
+def _discard(skt: socket.socket | int) -> None:
+    """
+    Close an accepted connection that will not be served: its descriptor,
+    or its socket object.
+    """
+    if isinstance(skt, int):
+        os.close(skt)
+    else:
+        skt.close()
 
 
 @implementer(IAcceptingPort)
@@ -109,6 +125,8 @@ class GuardedPort:
     _shouldShutdown = False
     backoff = 0.25
     numberAccepts = 100
+    # Wake-ups in a row that found the one connection they were allowed.
+    _singleBatches = 0
     sessionno = 0
     _backingOff = False
     _paused = False
@@ -123,15 +141,12 @@ class GuardedPort:
         batch = min(self.numberAccepts, room)
         accepted = 0
         listening: socket.socket = self.socket  # type: ignore[attr-defined]
-        family, kind, proto = self._socketArguments or self._findSocketArguments()
         while accepted < batch:
             try:
-                # socket.accept() is these two calls, plus two enum
-                # conversions (family, type) and a timeout check that a
-                # non-blocking listening socket does not need: a dozen
-                # Python calls per connection.
+                # The descriptor and the address, without socket.accept()'s
+                # socket object (which the transport makes only if asked
+                # for one), enum conversions and timeout check.
                 fd, addr = listening._accept()  # type: ignore[attr-defined]
-                skt = socket.socket(family, kind, proto, fd)
             except OSError as e:
                 if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
                     break
@@ -144,54 +159,71 @@ class GuardedPort:
                 break
             accepted += 1
             try:
-                self.serve(skt, addr)
+                self.serve(fd, addr)
             except Exception:
                 # Not the protocol's fault (that is handled in serve): the
                 # transport could not be built.  This connection is lost;
                 # the port goes on listening.
-                skt.close()
+                _discard(fd)
                 guard.acceptFailed(self._describe())
-        # As Twisted does: accept more per wake-up while a batch fills up.
+        # As Twisted does: accept more per wake-up while batches fill up,
+        # and as many as there were when one did not.  Except that from one
+        # per wake-up it grows only after several wake-ups in a row found
+        # one: clients that come one at a time (a server that keeps up)
+        # would otherwise have every other wake-up try a second accept,
+        # whose EAGAIN costs more than the connection's own accept (an
+        # exception made and caught, about 2,000 instructions).  The
+        # listening socket stays readable while clients wait, so one that
+        # arrives meanwhile is accepted at the next turn, with the events of
+        # the other connections.
         if accepted == self.numberAccepts:
-            self.numberAccepts += 20
+            if accepted > 1:
+                self.numberAccepts += 20
+            else:
+                self._singleBatches += 1
+                if self._singleBatches == _SINGLES_BEFORE_GROWING:
+                    self._singleBatches = 0
+                    self.numberAccepts += 20
         elif accepted < batch:
             self.numberAccepts = max(1, accepted)
+            self._singleBatches = 0
 
-    def _findSocketArguments(self) -> tuple[int, int, int]:
+    def socketArguments(self) -> tuple[int, int, int]:
         """
-        The family, type and protocol of accepted sockets: the listening
-        socket's, as plain integers, found once.
+        The family, type and protocol of the sockets this port accepts
+        (the listening socket's, as plain integers, noted when it started
+        listening): what a transport needs to make a socket object around
+        its descriptor, maybe after the port has stopped (a drain).
         """
-        listening: socket.socket = self.socket  # type: ignore[attr-defined]
-        found = (int(listening.family), int(listening.type), listening.proto)
-        self._socketArguments = found
-        return found
+        assert self._socketArguments is not None, "the port never listened"
+        return self._socketArguments
 
     def _address(self, addr: Any) -> Any:
         raise NotImplementedError()
 
-    def serve(self, skt: socket.socket, addr: Any) -> None:
+    def serve(self, skt: socket.socket | int, addr: Any) -> None:
         """
         Serve one accepted socket: admission, the protocol, the guarded
-        transport.  The accept loop calls it for each client; the in-memory
-        test kit (L{myserver.testing}) calls it with a socket of its own.
+        transport.  The accept loop calls it for each client with the
+        accepted descriptor; the in-memory test kit (L{myserver.testing})
+        calls it with a socket of its own.
         """
         guard = self.guard
         address = self._address(addr)
         if guard.admission.active and not self.proxied:
             reason = guard.admission.refusal(hostOf(address))
             if reason is not None:
-                skt.close()
+                _discard(skt)
                 guard.refuse(reason, address)
                 return
         try:
             protocol = self.factory.buildProtocol(address)  # type: ignore[attr-defined]
         except Exception:
-            skt.close()
+            _discard(skt)
             guard.protocolFailed("buildProtocol", address)
             return
         if protocol is None:
-            skt.close()
+            _discard(skt)
             return
         sessionno = self.sessionno
         self.sessionno = sessionno + 1
@@ -290,6 +322,12 @@ class GuardedPort:
 
     def startListening(self) -> None:
         super().startListening()  # type: ignore[misc]
+        listening: socket.socket = self.socket  # type: ignore[attr-defined]
+        self._socketArguments = (
+            int(listening.family),
+            int(listening.type),
+            listening.proto,
+        )
         self.guard.gate.portStarted(self.guard, self)
 
     def connectionLost(self, reason: Failure) -> None:

@@ -151,13 +151,25 @@ class DirectEPollReactor(EPollReactor):
                 self._poller.unregister(fd)
             primary.remove(fd)
 
-    def removeSelectable(self, selectable: Any) -> None:
+    def removeSelectable(self, selectable: Any, closing: bool = False) -> None:
         """
         Stop watching C{selectable} for reading and for writing, as
         C{removeReader} then C{removeWriter} would, in one step: a closing
         connection's (L{myserver.transport.GuardedServer.connectionLost}),
         which Twisted's C{stopReading} and C{stopWriting} take eight Python
         calls to do.
+
+        @param closing: the descriptor is closed right after this, and no
+            other descriptor refers to its socket (none was duplicated, no
+            child process inherited it): its close then removes it from
+            the epoll set, as epoll does for a file none of whose
+            descriptors remain, so only the reactor's own maps are updated,
+            without an C{epoll_ctl} call (as libuv, under uvloop, closes).
+            Should another descriptor keep the socket open after all (a
+            child process between C{fork} and C{exec}), epoll may report it
+            under the old number a moment longer: to no selectable, or to
+            the connection that reuses the number, whose read then finds
+            nothing (C{EAGAIN}) and waits on.
         """
         fd = selectable.fileno()
         if self._selectables.get(fd) is selectable:
@@ -165,7 +177,8 @@ class DirectEPollReactor(EPollReactor):
             self._direct.pop(fd, None)
             self._reads.discard(fd)
             self._writes.discard(fd)
-            self._poller.unregister(fd)
+            if not closing:
+                self._poller.unregister(fd)
         else:
             # Not ours to forget this way: polled continuously (epoll
             # refused its descriptor), or not watched at all.

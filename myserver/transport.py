@@ -22,9 +22,11 @@ a few attribute updates per read or write:
     flushed before the connection closes, instead of losing it;
   - isolation: an exception in the protocol closes that connection only, and
     is logged (rate-limited) with the protocol's name, and counted;
-  - a cheap connection: no log strings formatted at accept, and a close
-    that costs one C{epoll_ctl} and one C{close} (see L{GuardedServer.loseConnection}
-    and L{GuardedServer._closeSocket}).
+  - a cheap connection: served on its descriptor, with no socket object
+    unless something asks for one (L{GuardedServer.socket}); no log strings
+    formatted at accept; and a close that costs one C{epoll_ctl} and one
+    C{close} (see L{GuardedServer.loseConnection} and
+    L{GuardedServer._closeSocket}).
 
 Twisted internals this module relies on (checked to exist, with the kind
 expected, by C{tests.test_twistedcontract}):
@@ -72,6 +74,7 @@ from myserver.policy import Guard
 
 _RETRY_LATER = (errno.EWOULDBLOCK, errno.ENOBUFS)
 _CONNECTION_DONE = Failure(main.CONNECTION_DONE)
+_providesHalfClose = IHalfCloseableProtocol.providedBy
 
 
 class GuardedServer(tcp.Server):
@@ -107,7 +110,7 @@ class GuardedServer(tcp.Server):
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | int,
         protocol: Any,
         client: tuple[object, ...],
         server: Any,
@@ -122,6 +125,11 @@ class GuardedServer(tcp.Server):
         attributes read on every message are set on the instance, where
         CPython 3.11 finds them by a specialised lookup (a class attribute
         read through an instance takes the generic path).
+
+        @param sock: the accepted connection's descriptor, as the accept
+            loop passes it: the C{socket.socket} around it is made only if
+            something asks for C{socket} (see L{socket}).  Or a socket
+            object, or a stand-in for one (the in-memory test kit's).
         """
         self.reactor = reactor
         self._tempDataBuffer: list[bytes] = []
@@ -135,18 +143,27 @@ class GuardedServer(tcp.Server):
         self.bytesReceived = 0
         self.bytesSent = 0
         self._inProtocol = False
-        self.socket = sock
-        sock.setblocking(False)
-        self.fileno = sock.fileno
-        self._fd = sock.fileno()
-        # read(2) and write(2) on the descriptor: os.read and os.write parse
-        # their arguments through Argument Clinic, where socket.recv and
-        # socket.send use the generic PyArg_ParseTuple (about 500
-        # instructions per echoed message under callgrind, of some 12,000).
-        # On a connected stream socket they are recv and send without flags.
-        # A stand-in socket (the in-memory test kit's) provides the same
-        # read(fd, size) and write(fd, data) itself.
-        self._io: Any = os if isinstance(sock, socket.socket) else sock
+        if isinstance(sock, int):
+            self._socket: Any = None
+            self._fd = sock
+            # Two fcntl calls, where socket.socket's constructor and
+            # setblocking cost a getsockname and an ioctl, each taking the
+            # socket's lock in the kernel.
+            os.set_blocking(sock, False)
+            # read(2) and write(2) on the descriptor: os.read and os.write
+            # parse their arguments through Argument Clinic, where
+            # socket.recv and socket.send use the generic PyArg_ParseTuple
+            # (about 500 instructions per echoed message under callgrind,
+            # of some 12,000).  On a connected stream socket they are recv
+            # and send without flags.
+            self._io: Any = os
+        else:
+            # A stand-in socket provides read(fd, size) and write(fd, data)
+            # itself.
+            self._socket = sock
+            sock.setblocking(False)
+            self._fd = sock.fileno()
+            self._io = os if isinstance(sock, socket.socket) else sock
         self.protocol = protocol
         if len(client) != 2:
             self._addressType = address.IPv6Address
@@ -162,11 +179,63 @@ class GuardedServer(tcp.Server):
         self.startReading()
         self.connected = True
         if guard.noDelay and self.isTCP and not server.noDelayInherited:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass  # Already reset by the peer: the first read says so.
+            self._setNoDelay()
         guard.opened(self)
+
+    def _setNoDelay(self) -> None:
+        """
+        Set C{TCP_NODELAY}, for a listening socket whose accepted sockets
+        lack it, without keeping a socket object: the descriptor stays the
+        transport's own, so that a constructor that fails after this
+        leaves the accept loop one descriptor to close, and no object that
+        would close it again when collected.
+        """
+        sock = self._socket
+        if sock is None:
+            family, kind, proto = self._port().socketArguments()
+            sock = socket.socket(family, kind, proto, self._fd)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # Already reset by the peer: the first read says so.
+        finally:
+            if self._socket is None:
+                sock.detach()
+
+    def _port(self) -> Any:
+        """
+        The listening port that accepted this connection (a
+        L{myserver.ports.GuardedPort}, which knows its sockets' family,
+        type and protocol).
+        """
+        return self.server
+
+    # Read-only where Twisted's is an attribute: set by the constructor.
+    @property
+    def socket(self) -> socket.socket:  # type: ignore[override]
+        """
+        The connection's C{socket.socket}, made the first time something
+        asks for it: Twisted's own methods that need one (C{getHost},
+        C{getHandle}, C{setTcpNoDelay}, a C{shutdown}), a protocol calling
+        C{getHandle}.  A connection that is accepted, echoes and closes
+        never makes one: its reads, writes and orderly close act on the
+        descriptor.  Once the connection is closed there is none, as in
+        Twisted (which deletes the attribute).
+        """
+        made: socket.socket | None = self._socket
+        if made is None:
+            if self._fd < 0:
+                raise AttributeError("socket: the connection is closed")
+            family, kind, proto = self._port().socketArguments()
+            made = self._socket = socket.socket(family, kind, proto, self._fd)
+        return made
+
+    def fileno(self) -> int:
+        """
+        The connection's descriptor; -1 once it is closed, as Twisted's
+        C{FileDescriptor.fileno} says then.
+        """
+        return self._fd
 
     @property
     def logstr(self) -> str:
@@ -414,7 +483,15 @@ class GuardedServer(tcp.Server):
             protocol raised (logged as its other methods' errors are).
         """
         self._readClosed = True
-        halfCloseable = IHalfCloseableProtocol(self.protocol, None)
+        protocol: Any = self.protocol
+        halfCloseable: IHalfCloseableProtocol | None
+        if _providesHalfClose(protocol):
+            # What adapting it would return, without the adaptation's
+            # failed lookup of __conform__ (an AttributeError made and
+            # dropped: some 5,000 instructions per connection).
+            halfCloseable = protocol
+        else:
+            halfCloseable = IHalfCloseableProtocol(protocol, None)
         self._inProtocol = True
         try:
             if halfCloseable is None:
@@ -459,7 +536,10 @@ class GuardedServer(tcp.Server):
         """
         if orderly and self._readClosed:
             try:
-                self.socket.close()
+                if self._socket is None:
+                    os.close(self._fd)
+                else:
+                    self._socket.close()
             except OSError:
                 pass
         else:
@@ -471,11 +551,12 @@ class GuardedServer(tcp.Server):
         (their code is pinned by C{tests.test_twistedcontract}), in one
         call instead of a dozen: the reactor forgets the descriptor for
         reading and writing at once when it can (L{myserver.reactor}'s
-        C{removeSelectable}), and an abort is told from an orderly close by
+        C{removeSelectable}, without an C{epoll_ctl} when the close of the
+        bare descriptor does that), and an abort is told from an orderly close by
         its type, not by C{Failure.check}'s walk of qualified names.  Then
         the guard's accounting, whatever the protocol did.
         """
-        if not hasattr(self, "socket"):
+        if self._fd < 0:
             # Closed already (an abort, then an error reaching the reactor).
             return
         try:
@@ -484,17 +565,23 @@ class GuardedServer(tcp.Server):
             if self.producer is not None:
                 self.producer.stopProducing()
                 self.producer = None
+            orderly = not isinstance(reason.value, ConnectionAborted)
             removeSelectable = getattr(self.reactor, "removeSelectable", None)
             if removeSelectable is None:
                 self.stopReading()
                 self.stopWriting()
             else:
-                removeSelectable(self)
-            self._closeSocket(not isinstance(reason.value, ConnectionAborted))
+                # When _closeSocket closes the bare descriptor (nothing else
+                # can refer to its socket), the close takes it out of the
+                # epoll set: no epoll_ctl first.
+                removeSelectable(
+                    self, orderly and self._readClosed and self._socket is None
+                )
+            self._closeSocket(orderly)
+            self._fd = -1
+            self._socket = None
             protocol = self.protocol
             del self.protocol
-            del self.socket
-            del self.fileno
             protocol.connectionLost(reason)
         except Exception:
             # The protocol's connectionLost raised: the connection is closed
@@ -536,7 +623,7 @@ class GuardedUNIXServer(GuardedServer, unix.Server):
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | int,
         protocol: Any,
         client: Any,
         server: Any,

@@ -214,6 +214,39 @@ class GuardedServerTests(ServingTestCase):
         received = yield client.done
         self.assertEqual(received, b"x" * 1000)
 
+    @inlineCallbacks
+    def test_socketObjectOnDemand(self) -> Any:
+        """
+        An accepted connection is served on its descriptor: no socket
+        object exists until something asks for one (C{getHost} here),
+        which then acts on the same descriptor; and either way each
+        connection's descriptor is closed exactly once, so none leaks and
+        none is closed twice (which would cut another connection that was
+        given the number since).
+        """
+        yield self.serve(buildFactory({}))
+        openBefore = 0
+        # The first connection starts the client side's resolver too.
+        for asks in [False, False] + [False, True] * 10:
+            client = yield self.connect(Client(b"ping", halfClose=False))
+            while not client.received:
+                yield deferLater(reactor, 0.005, lambda: None)
+            connection = self.serverConnection()
+            descriptor = connection.fileno()
+            self.assertIsNone(connection._socket)
+            if asks:
+                host = connection.getHost()
+                self.assertEqual((host.host, host.port), ("127.0.0.1", self.port))
+                self.assertEqual(connection.socket.fileno(), descriptor)
+            client.transport.loseWriteConnection()
+            received = yield client.done
+            self.assertEqual(received, b"ping")
+            self.assertEqual(connection.fileno(), -1)
+            self.assertRaises(AttributeError, getattr, connection, "socket")
+            openBefore = openBefore or len(os.listdir("/proc/self/fd"))
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(len(os.listdir("/proc/self/fd")), openBefore)
+
     def assertNoDelay(self, connection: GuardedServer, expected: bool) -> None:
         option = connection.getHandle().getsockopt(
             socket.IPPROTO_TCP, socket.TCP_NODELAY
@@ -303,6 +336,82 @@ class GuardedServerTests(ServingTestCase):
         yield emptied
         self.assertEqual(received, b"hello")
         self.assertEqual(len(self.registry), 0)
+
+
+class _CountingListener:
+    """
+    A listening socket's stand-in for the accept loop: the real socket's
+    accept, counting the tries that found nobody waiting.
+    """
+
+    def __init__(self, listening: socket.socket) -> None:
+        self.listening = listening
+        self.emptyTries = 0
+
+    def _accept(self) -> tuple[int, Any]:
+        try:
+            return self.listening._accept()  # type: ignore[attr-defined, no-any-return]
+        except BlockingIOError:
+            self.emptyTries += 1
+            raise
+
+
+class AcceptLoopTests(ServingTestCase):
+    """
+    How many accepts the port tries per wake-up, on a real listening
+    socket whose wake-ups the test makes itself (calling C{doRead} while
+    clients wait in the kernel's queue).
+    """
+
+    def setUp(self) -> Any:
+        d = self.serve(buildFactory({}))
+
+        def counting(_: Any) -> None:
+            port: Any = self.listener.port
+            self.counting = _CountingListener(port.socket)
+            port.socket = self.counting
+            self.addCleanup(setattr, port, "socket", self.counting.listening)
+            self.acceptingPort = port
+
+        return d.addCallback(counting)
+
+    def clients(self, count: int) -> list[socket.socket]:
+        """
+        Connect C{count} clients, which wait in the listening socket's
+        queue until the port accepts them.
+        """
+        made = []
+        for _ in range(count):
+            client = socket.create_connection(("127.0.0.1", self.port))
+            self.addCleanup(client.close)
+            made.append(client)
+        return made
+
+    def test_oneAtATimeRarelyTriesTwice(self) -> None:
+        """
+        Clients that come one per wake-up are each accepted at their
+        wake-up, and only one wake-up in several tries a second accept
+        that finds nobody (Twisted's loop tries one at every other).
+        """
+        for served in range(1, 33):
+            self.clients(1)
+            self.acceptingPort.doRead()
+            self.assertEqual(len(self.registry.connections), served)
+        self.assertLessEqual(self.counting.emptyTries, 32 // 8)
+
+    def test_burstIsAcceptedInLargeBatches(self) -> None:
+        """
+        Many clients waiting at once are accepted a growing batch per
+        wake-up, after a few wake-ups of one.
+        """
+        waiting = 300
+        self.clients(waiting)
+        wakeups = 0
+        while len(self.registry.connections) < waiting:
+            self.acceptingPort.doRead()
+            wakeups += 1
+            self.assertLess(wakeups, 20)
+        self.assertLessEqual(wakeups, 8 + 5)
 
 
 class DrainTests(ServingTestCase):

@@ -6,6 +6,8 @@ does; it is the default, and any other reactor twistd offers serves the same.
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 from typing import Any
 
@@ -144,6 +146,33 @@ class DispatchTests(TestCase):
             watched = self.reactor.getReaders() + self.reactor.getWriters()
             self.assertEqual([s for s in watched if s in (direct, polled)], [])
         self.assertEqual(self.reactor._direct, {})
+
+    def test_removeSelectableClosing(self) -> None:
+        """
+        C{removeSelectable(closing=True)} updates the reactor's maps without
+        an C{epoll_ctl}: the descriptor stays in the epoll set until its
+        close takes it out, which happens once no descriptor refers to
+        its socket; meanwhile its events reach no selectable.
+        """
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        direct = Direct(self.reactor, ours, "direct")
+        self.reactor.addReader(direct)
+        theirs.send(b"x")
+        number = ours.fileno()
+        self.reactor.removeSelectable(direct, closing=True)
+        self.assertNotIn(direct, self.reactor.getReaders())
+        self.assertEqual(self.reactor._direct, {})
+        readable = [(number, select.EPOLLIN)]
+        self.assertEqual(self.reactor._poller.poll(0), readable)
+        spare = os.dup(number)
+        ours.close()
+        # Still open through the duplicate: still reported, to nobody.
+        self.assertEqual(self.reactor._poller.poll(0), readable)
+        self.reactor.doPoll(0)
+        self.assertEqual(direct.systems, [])
+        os.close(spare)
+        self.assertEqual(self.reactor._poller.poll(0), [])
 
     def test_reactorName(self) -> None:
         """

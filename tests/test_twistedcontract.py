@@ -161,7 +161,9 @@ class PrivateNamesTests(ContractTestCase):
         """
         L{GuardedServer} sets what Twisted's C{tcp.Server} constructor sets
         (and C{unix.Server}'s, for the UNIX transport), except the log
-        strings it makes on demand: a Twisted upgrade that adds an
+        strings it makes on demand, and the socket object and its
+        C{fileno}, which are a property and a method on the class (the
+        socket object made on demand too): a Twisted upgrade that adds an
         attribute there fails here.
         """
         reactor = MemoryReactor()
@@ -172,6 +174,7 @@ class PrivateNamesTests(ContractTestCase):
             noDelayInherited=False,
         )
         lazy = {"logstr", "repstr"}
+        onTheClass = {"socket", "fileno"}
         cases = [
             (tcp.Server, GuardedServer, socket.AF_INET, ("127.0.0.1", 1)),
             (unix.Server, GuardedUNIXServer, socket.AF_UNIX, ""),
@@ -183,13 +186,15 @@ class PrivateNamesTests(ContractTestCase):
             theirs = twisted(skts[0], Protocol(), client, port, 0, reactor)
             mine = ours(skts[1], Protocol(), client, port, 0, reactor)
             self.assertEqual(
-                set(vars(theirs)) - set(vars(mine)) - lazy,
+                set(vars(theirs)) - set(vars(mine)) - lazy - onTheClass,
                 set(),
                 f"{twisted.__module__}.{twisted.__qualname__}.__init__ sets "
                 "more: re-check myserver.transport (GuardedServer.__init__)",
             )
             self.assertEqual(theirs.logstr, mine.logstr)
             self.assertEqual(repr(theirs), repr(mine))
+            self.assertIs(mine.socket, skts[1])
+            self.assertEqual(mine.fileno(), skts[1].fileno())
 
     def test_closePath(self) -> None:
         """
