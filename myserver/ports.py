@@ -81,6 +81,7 @@ def backlogFor(endpoint: str) -> int | None:
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 # The peer gave up, or a firewall said no: try the next one.
 _PEER_GONE = (errno.ECONNABORTED, errno.EPERM, errno.EPROTO)
+_newObject = object.__new__
 # How many wake-ups in a row must fill a batch of one before a port tries
 # more than one accept per wake-up.
 _SINGLES_BEFORE_GROWING = 8
@@ -380,7 +381,14 @@ class GuardedTCPPort(GuardedPort, tcp.Port):
                 addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
             )
             return IPv6Address("TCP", host, *addr[1:])
-        return IPv4Address("TCP", *addr)
+        # IPv4Address("TCP", *addr), without the attrs constructor's frame
+        # and its validator's (the type is a constant here): its three
+        # fields, set as the constructor would (tests.test_twistedcontract
+        # checks that they are all there is to one).
+        address: IPv4Address = _newObject(IPv4Address)
+        address.type = "TCP"
+        address.host, address.port = addr
+        return address
 
 
 class GuardedUNIXPort(GuardedPort, unix.Port):

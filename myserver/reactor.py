@@ -151,6 +151,23 @@ class DirectEPollReactor(EPollReactor):
                 self._poller.unregister(fd)
             primary.remove(fd)
 
+    def readNewDescriptor(self, selectable: Any, fd: int) -> None:
+        """
+        Watch C{selectable}, whose descriptor C{fd} is new (a connection
+        just accepted), for reading: what C{addReader} does through
+        C{startReading}, C{addReader}, C{_add} and C{fileno}, in one call.
+        A descriptor number the reactor still holds (a selectable that
+        was never removed) takes Twisted's way.
+        """
+        if fd in self._selectables:
+            self.addReader(selectable)
+            return
+        self._poller.register(fd, _EPOLLIN)
+        self._reads.add(fd)
+        self._selectables[fd] = selectable
+        if getattr(selectable, "directDispatch", False):
+            self._direct[fd] = selectable
+
     def removeSelectable(self, selectable: Any, closing: bool = False) -> None:
         """
         Stop watching C{selectable} for reading and for writing, as

@@ -31,18 +31,20 @@ DURATION_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
 
 class Histogram:
     """
-    A histogram in plain integers, updated without a lock; the metrics
+    A histogram in plain integers, updated without a lock (by
+    L{ConnectionRegistry.remove}, inline: once per connection); the metrics
     collector reads it at scrape time.
+
+    @ivar counts: observations per bucket: C{counts[i]} those above
+        C{bounds[i - 1]} and at most C{bounds[i]}; the last, those above
+        every bound.
+    @ivar total: the sum of the observations.
     """
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.total += value
 
     def cumulative(self) -> list[tuple[str, int]]:
         """
@@ -108,7 +110,10 @@ class ConnectionRegistry:
         self.bytesReceived += connection.bytesReceived
         self.bytesSent += connection.bytesSent
         duration = connection.guard.clock.seconds() - connection.openedAt
-        self.durations.observe(duration)
+        # The histogram's update, without a call.
+        durations = self.durations
+        durations.counts[bisect_left(durations.bounds, duration)] += 1
+        durations.total += duration
         if self.logConnections:
             log.debug(
                 "connection from {peer} closed after {duration:.3f}s: "

@@ -176,7 +176,11 @@ class GuardedServer(tcp.Server):
         self.budget: OutputBudget = guard.budget
         self.maxWriteBuffer = guard.maxWriteBuffer
         self.openedAt = self.activeAt = guard.clock.seconds()
-        self.startReading()
+        readNew = getattr(reactor, "readNewDescriptor", None)
+        if readNew is None:
+            self.startReading()
+        else:
+            readNew(self, self._fd)
         self.connected = True
         if guard.noDelay and self.isTCP and not server.noDelayInherited:
             self._setNoDelay()
@@ -518,7 +522,13 @@ class GuardedServer(tcp.Server):
         """
         if not (self.disconnecting and self.connected) or self._aborted:
             return
-        if self.producer is None and not self.TLS and not self.pendingBytes():
+        if (
+            self.producer is None
+            and not self.TLS
+            and not self._tempDataLen
+            and len(self.dataBuffer) == self.offset
+        ):
+            # Nothing queued (pendingBytes, inline).
             self.connectionLost(_CONNECTION_DONE)
         elif self._closeMarked:
             self._closeMarked = False
@@ -536,10 +546,7 @@ class GuardedServer(tcp.Server):
         """
         if orderly and self._readClosed:
             try:
-                if self._socket is None:
-                    os.close(self._fd)
-                else:
-                    self._socket.close()
+                self.socket.close()
             except OSError:
                 pass
         else:
@@ -566,18 +573,23 @@ class GuardedServer(tcp.Server):
                 self.producer.stopProducing()
                 self.producer = None
             orderly = not isinstance(reason.value, ConnectionAborted)
+            # An orderly close after the peer's EOF, of a descriptor that no
+            # socket object shares: os.close alone (see _closeSocket), which
+            # also takes it out of the epoll set, so no epoll_ctl first.
+            bare = orderly and self._readClosed and self._socket is None
             removeSelectable = getattr(self.reactor, "removeSelectable", None)
             if removeSelectable is None:
                 self.stopReading()
                 self.stopWriting()
             else:
-                # When _closeSocket closes the bare descriptor (nothing else
-                # can refer to its socket), the close takes it out of the
-                # epoll set: no epoll_ctl first.
-                removeSelectable(
-                    self, orderly and self._readClosed and self._socket is None
-                )
-            self._closeSocket(orderly)
+                removeSelectable(self, bare)
+            if bare:
+                try:
+                    os.close(self._fd)
+                except OSError:
+                    pass
+            else:
+                self._closeSocket(orderly)
             self._fd = -1
             self._socket = None
             protocol = self.protocol

@@ -147,6 +147,31 @@ class DispatchTests(TestCase):
             self.assertEqual([s for s in watched if s in (direct, polled)], [])
         self.assertEqual(self.reactor._direct, {})
 
+    def test_readNewDescriptor(self) -> None:
+        """
+        C{readNewDescriptor} watches a new descriptor for reading as
+        C{addReader} would, direct or not; a number the reactor still
+        holds for another selectable takes C{addReader}'s way, which keeps
+        the one it has.
+        """
+        pairs = [socket.socketpair() for _ in range(2)]
+        for pair in pairs:
+            for end in pair:
+                self.addCleanup(end.close)
+        direct = Direct(self.reactor, pairs[0][0], "direct")
+        plain = Readable(self.reactor, pairs[1][0], "plain")
+        for selectable in (direct, plain):
+            self.reactor.readNewDescriptor(selectable, selectable.fileno())
+            self.assertIn(selectable, self.reactor.getReaders())
+        self.assertEqual(self.reactor._direct, {direct.fileno(): direct})
+        for pair in pairs:
+            pair[1].send(b"x")
+        self.reactor.doPoll(1)
+        self.assertEqual((direct.systems, plain.systems), (["-"], ["plain"]))
+        stale = Direct(self.reactor, pairs[0][0], "stale")
+        self.reactor.readNewDescriptor(stale, direct.fileno())
+        self.assertIs(self.reactor._selectables[direct.fileno()], direct)
+
     def test_removeSelectableClosing(self) -> None:
         """
         C{removeSelectable(closing=True)} updates the reactor's maps without

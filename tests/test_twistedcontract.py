@@ -26,6 +26,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import (
     _newtls,
     abstract,
+    address,
     base,
     endpoints,
     epollreactor,
@@ -44,6 +45,7 @@ from twisted.trial.unittest import TestCase
 
 from myserver.accepting import AcceptGate
 from myserver.policy import Guard
+from myserver.ports import GuardedTCPPort
 from myserver.registry import ConnectionRegistry
 from myserver.transport import GuardedServer, GuardedUNIXServer
 
@@ -217,6 +219,25 @@ class PrivateNamesTests(ContractTestCase):
             callable(getattr(socket.socket, "_accept", None)),
             "CPython's socket._accept: re-check myserver.ports (GuardedPort.doRead)",
         )
+
+    def test_addressFields(self) -> None:
+        """
+        The accept loop makes C{IPv4Address}es by setting their fields on a
+        bare instance: those fields must be all that Twisted's constructor
+        sets, in a class without slots, and the result equal to one the
+        constructor made.
+        """
+        user = "myserver.ports (GuardedTCPPort._address)"
+        fields = [field.name for field in address.IPv4Address.__attrs_attrs__]
+        self.assertEqual(fields, ["type", "host", "port"], user)
+        self.assertFalse(hasattr(address.IPv4Address, "__slots__"), user)
+        port = GuardedTCPPort(0, None)
+        made = port._address(("127.0.0.1", 40001))
+        expected = address.IPv4Address("TCP", "127.0.0.1", 40001)
+        self.assertEqual(made, expected, user)
+        self.assertEqual(vars(made), vars(expected), user)
+        self.assertEqual(hash(made), hash(expected), user)
+        self.assertEqual(repr(made), repr(expected), user)
 
     def test_startTLS(self) -> None:
         """
