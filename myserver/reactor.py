@@ -36,7 +36,9 @@ events and other selectables, and skipping its frame saves about a tenth
 of what an echoed message costs.  What it does with the result and with an
 exception is done the same way here: a reason to disconnect goes to
 C{_disconnectSelectable} as a read's, and an exception is logged and
-disconnects the selectable.
+disconnects the selectable.  So is one whose event is read readiness with
+the peer's shutdown (C{EPOLLRDHUP}, which new connections are watched for:
+L{DirectEPollReactor.readNewDescriptor}), through its C{doReadToEnd}.
 
 The main loop (L{DirectEPollReactor.mainLoop}) is Twisted's, minus the work
 it does on every iteration for timed and thread calls that are not there:
@@ -65,6 +67,10 @@ from twisted.logger import Logger
 from twisted.python import log
 
 _EPOLLIN = select.EPOLLIN if hasattr(select, "EPOLLIN") else 1
+# Readable, and the peer has shut down its side: what epoll reports, for a
+# descriptor registered for both, once the peer's FIN has arrived.
+_EPOLLRDHUP = getattr(select, "EPOLLRDHUP", 0x2000)
+_READ_TO_END = _EPOLLIN | _EPOLLRDHUP
 # The longest poll, as Twisted's ReactorBase.timeout caps it: epoll_wait
 # takes its timeout in milliseconds, as a C int.
 _LONGEST_WAIT = 2147483
@@ -158,15 +164,27 @@ class DirectEPollReactor(EPollReactor):
         C{startReading}, C{addReader}, C{_add} and C{fileno}, in one call.
         A descriptor number the reactor still holds (a selectable that
         was never removed) takes Twisted's way.
+
+        A direct selectable is watched for the peer's shutdown too
+        (C{EPOLLRDHUP}), and must then have C{doReadToEnd}, which
+        L{doPoll} calls instead of C{doRead} when the peer's data and its
+        EOF are both waiting: a connection whose client sends and
+        half-closes at once (a request, then end of input) is then read
+        and closed in one wake-up, not two.  Once the selectable is
+        watched for writing too, Twisted's C{_add} registers it as it
+        would any other (without C{EPOLLRDHUP}), and its EOF is found by a
+        read again.
         """
         if fd in self._selectables:
             self.addReader(selectable)
             return
-        self._poller.register(fd, _EPOLLIN)
+        if getattr(selectable, "directDispatch", False):
+            self._poller.register(fd, _READ_TO_END)
+            self._direct[fd] = selectable
+        else:
+            self._poller.register(fd, _EPOLLIN)
         self._reads.add(fd)
         self._selectables[fd] = selectable
-        if getattr(selectable, "directDispatch", False):
-            self._direct[fd] = selectable
 
     def removeSelectable(self, selectable: Any, closing: bool = False) -> None:
         """
@@ -213,13 +231,17 @@ class DirectEPollReactor(EPollReactor):
             raise
         direct = self._direct
         readable = _EPOLLIN
+        readToEnd = _READ_TO_END
         for fd, event in events:
             selectable = direct.get(fd)
             if selectable is not None:
                 try:
-                    if event == readable:
+                    if event == readable or event == readToEnd:
                         try:
-                            why = selectable.doRead()
+                            if event == readable:
+                                why = selectable.doRead()
+                            else:
+                                why = selectable.doReadToEnd()
                         except KeyboardInterrupt:
                             raise
                         except BaseException:

@@ -324,6 +324,32 @@ class GuardedServer(tcp.Server):
             self._closeIfFlushed()
         return None
 
+    def doReadToEnd(self) -> Any:
+        """
+        The peer's data and its EOF are both waiting (the reactor says so:
+        L{myserver.reactor.DirectEPollReactor.readNewDescriptor}): read the
+        data, and when that read took all there was (fewer bytes than asked
+        for: the FIN is all that is left), handle the EOF now, as the next
+        read would have on the next wake-up, one wake-up and one C{read}
+        fewer.  Not if the connection stopped reading meanwhile (closing,
+        paused by the guard or by a consumer): its EOF then waits, as it
+        would for Twisted, until it reads again.
+        """
+        before = self.bytesReceived
+        why = self.doRead()
+        received = self.bytesReceived - before
+        if (
+            why is None
+            and 0 < received < self.bufferSize
+            and self.connected
+            and not self.disconnecting
+            and not self._readClosed
+            and not self._readPausedByGuard
+            and not self._readPausedByConsumer
+        ):
+            return self._peerFinished()
+        return why
+
     def write(self, data: bytes) -> None:
         if self._writeDisconnected or not self.connected:
             return

@@ -27,6 +27,7 @@ from myserver.protocols.echo import Echo, buildFactory
 from myserver.registry import ConnectionRegistry
 from myserver.service import ListenerService, ServerService
 from myserver.settings import Listener
+from myserver.testing import MemoryServer
 from myserver.transport import GuardedServer
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -412,6 +413,69 @@ class AcceptLoopTests(ServingTestCase):
             wakeups += 1
             self.assertLess(wakeups, 20)
         self.assertLessEqual(wakeups, 8 + 5)
+
+
+class ReadToEndTests(TestCase):
+    """
+    L{GuardedServer.doReadToEnd}, which the reactor calls when a client's
+    data and its EOF are both waiting, on the in-memory kit's sockets.
+    """
+
+    def connection(self, factory: Factory, **settings: Any) -> Any:
+        server = MemoryServer(factory, **settings)
+        connection = server.connect()
+        self.assertIsNotNone(connection.transport)
+        return connection
+
+    def test_dataThenEOFInOneCall(self) -> None:
+        """
+        One call reads the data, echoes it, and finds the EOF: the echo
+        protocol (half-closeable) closes then, as the next read would have
+        had it; so does one that knows nothing of half-close.
+        """
+        for factory in (buildFactory({}), Factory.forProtocol(NaiveEcho)):
+            connection = self.connection(factory)
+            connection.socket.incoming += b"request"
+            connection.socket.eof = True
+            self.assertIsNone(connection.transport.doReadToEnd())
+            self.assertTrue(connection.closed)
+            self.assertEqual(bytes(connection.socket.outgoing), b"request")
+
+    def test_fullReadLeavesTheRest(self) -> None:
+        """
+        A read that filled its buffer may have left data behind: the EOF
+        waits for the read that finds it.
+        """
+        connection = self.connection(buildFactory({}))
+        size = connection.transport.bufferSize
+        payload = os.urandom(size + 10)
+        connection.socket.incoming += payload
+        connection.socket.eof = True
+        connection.transport.doReadToEnd()
+        self.assertFalse(connection.transport._readClosed)
+        connection.transport.doReadToEnd()
+        self.assertTrue(connection.transport._readClosed)
+        self.assertEqual(connection.read(), payload)
+        self.assertTrue(connection.closed)
+
+    def test_pausedReadingKeepsTheEOF(self) -> None:
+        """
+        A connection that stopped reading while it handled the data (its
+        queue for the client went above the mark) leaves the EOF for when
+        it reads again, as Twisted would; the client then gets everything.
+        """
+        connection = self.connection(
+            buildFactory({}), max_write_buffer="1KiB", socketBuffer=1024
+        )
+        payload = os.urandom(8 * 1024)
+        connection.socket.incoming += payload
+        connection.socket.eof = True
+        connection.transport.doReadToEnd()
+        self.assertTrue(connection.readingPaused)
+        self.assertFalse(connection.transport._readClosed)
+        self.assertFalse(connection.closed)
+        self.assertEqual(connection.read(), payload)
+        self.assertTrue(connection.closed)
 
 
 class DrainTests(ServingTestCase):

@@ -45,6 +45,10 @@ class Readable(FileDescriptor):
 class Direct(Readable):
     directDispatch = True
 
+    def doReadToEnd(self) -> None:
+        self.systems.append("to the end")
+        self.socket.recv(100)
+
 
 class RaisesWhenLost(Direct):
     def doRead(self) -> Any:
@@ -171,6 +175,36 @@ class DispatchTests(TestCase):
         stale = Direct(self.reactor, pairs[0][0], "stale")
         self.reactor.readNewDescriptor(stale, direct.fileno())
         self.assertIs(self.reactor._selectables[direct.fileno()], direct)
+
+    def test_readToEnd(self) -> None:
+        """
+        A new direct descriptor is watched for the peer's shutdown too:
+        when its data and its EOF are both waiting, C{doReadToEnd} is
+        called instead of C{doRead}; data alone, C{doRead}.  Once it is
+        watched for writing too, Twisted's registration applies and the
+        EOF comes as read readiness again.
+        """
+        for shutDown, watchWrites, expected in (
+            (False, False, "-"),
+            (True, False, "to the end"),
+            (True, True, "-"),
+        ):
+            ours, theirs = socket.socketpair()
+            self.addCleanup(ours.close)
+            self.addCleanup(theirs.close)
+            direct = Direct(self.reactor, ours, "direct")
+            self.reactor.readNewDescriptor(direct, ours.fileno())
+            self.addCleanup(self.reactor.removeSelectable, direct)
+            theirs.send(b"x")
+            if shutDown:
+                theirs.shutdown(socket.SHUT_WR)
+            if watchWrites:
+                # Writable and readable: dispatched by _doReadOrWrite, as
+                # Twisted does; then back to reading alone.
+                self.reactor.addWriter(direct)
+                self.reactor.removeWriter(direct)
+            self.reactor.doPoll(1)
+            self.assertEqual(direct.systems, [expected], (shutDown, watchWrites))
 
     def test_removeSelectableClosing(self) -> None:
         """

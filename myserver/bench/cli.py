@@ -261,7 +261,7 @@ def runCost(kind: str, options: argparse.Namespace) -> dict[str, Any]:
     with running(kind, options.server_args):
         pass
     messages = (2000, 6000) if not options.quick else (1000, 3000)
-    connections = (200, 600) if not options.quick else (100, 300)
+    connections = (200, 1400) if not options.quick else (100, 300)
     return {
         "instructions_per_message": _perOperation(
             kind, options, _pingpongCount, messages
