@@ -418,40 +418,59 @@ def plot(report: dict[str, Any], path: str) -> bool:
         if key.startswith("ratio_of_myserver_to_by_") and data[key]
     ]
     # myserver against uvloop on every measure at once: throughput higher
-    # is better, every other measure (a cost) lower.
+    # is better, every other measure (a cost) lower.  A panel of its own
+    # across the figure's width, one horizontal bar per measure, so that
+    # the measures' names stay legible however many there are.
     againstUvloop = {
-        f"{row['scenario']}\n{row['measure']}": row["ratio_to_uvloop"]["myserver"]
+        f"{row['scenario']}: {row['measure']}": (
+            row["ratio_to_uvloop"]["myserver"],
+            row["measure"] == "rate",
+        )
         for row in report.get("by_server", [])
         if "myserver" in row["ratio_to_uvloop"] and row["measure"] != "server_busy"
     }
-    if againstUvloop:
-        scenarios.append(("every measure", "x uvloop", againstUvloop))
     columns = max(1, min(4, len(scenarios)))
     rows = max(1, -(-len(scenarios) // columns))
-    figure, axes = plt.subplots(
-        rows, columns, figsize=(4.2 * columns, 3.8 * rows), squeeze=False
+    summaryHeight = 0.3 * len(againstUvloop) + 1.0 if againstUvloop else 0.0
+    figure = plt.figure(figsize=(4.2 * columns, 3.8 * rows + summaryHeight))
+    grid = figure.add_gridspec(
+        rows + bool(againstUvloop),
+        columns,
+        height_ratios=[3.8] * rows + ([summaryHeight] if againstUvloop else []),
     )
-    for axis in axes.flat[len(scenarios) :]:
-        axis.set_visible(False)
-    for axis, (name, metric, byPeer) in zip(axes.flat, scenarios, strict=False):
+    for index, (name, metric, byPeer) in enumerate(scenarios):
+        axis = figure.add_subplot(grid[index // columns, index % columns])
         peers = list(byPeer)
         ratios = [byPeer[p] for p in peers]
-        higher = [metric == "rate" or peer.endswith("\nrate") for peer in peers]
         colours = [
-            "tab:green" if (r >= 1) == better else "tab:red"
-            for r, better in zip(ratios, higher, strict=True)
+            "tab:green" if (r >= 1) == (metric == "rate") else "tab:red" for r in ratios
         ]
         axis.bar(peers, ratios, color=colours)
         axis.axhline(1.0, color="black", linewidth=0.8)
-        if metric == "x uvloop":
-            axis.set_title("myserver / uvloop\n(rates: higher is better; costs: lower)")
-        else:
-            better = "higher" if metric == "rate" else "lower"
-            axis.set_title(f"{name}: myserver / peer\n({metric}, {better} is better)")
+        better = "higher" if metric == "rate" else "lower"
+        axis.set_title(
+            f"{name}: myserver / peer\n({metric}, {better} is better)", fontsize=9
+        )
         axis.tick_params(axis="x", labelrotation=30)
         axis.set_ylim(0, max([*ratios, 1.0]) * 1.15)
         for x, ratio in enumerate(ratios):
             axis.text(x, ratio, f"{ratio:.2f}", ha="center", va="bottom")
+    if againstUvloop:
+        axis = figure.add_subplot(grid[rows, :])
+        labels = list(againstUvloop)[::-1]
+        ratios = [againstUvloop[label][0] for label in labels]
+        colours = [
+            "tab:green" if (ratio >= 1) == againstUvloop[label][1] else "tab:red"
+            for label, ratio in zip(labels, ratios, strict=True)
+        ]
+        axis.barh(labels, ratios, color=colours)
+        axis.axvline(1.0, color="black", linewidth=0.8)
+        axis.set_title(
+            "myserver / uvloop, every measure (rates: higher is better; costs: lower)"
+        )
+        axis.set_xlim(0, max([*ratios, 1.0]) * 1.12)
+        for y, ratio in enumerate(ratios):
+            axis.text(ratio, y, f" {ratio:.2f}", va="center")
     figure.tight_layout()
     figure.savefig(path, dpi=100, format="png")
     return True
