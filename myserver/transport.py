@@ -24,9 +24,9 @@ a few attribute updates per read or write:
     is logged (rate-limited) with the protocol's name, and counted;
   - a cheap connection: served on its descriptor, with no socket object
     unless something asks for one (L{GuardedServer.socket}); no log strings
-    formatted at accept; and a close that costs one C{epoll_ctl} and one
-    C{close} (see L{GuardedServer.loseConnection} and
-    L{GuardedServer._closeSocket}).
+    formatted at accept; and a close after the peer's EOF that costs one
+    C{close}, which also takes the descriptor out of the epoll set (see
+    L{GuardedServer.loseConnection} and L{GuardedServer.connectionLost}).
 
 Twisted internals this module relies on (checked to exist, with the kind
 expected, by C{tests.test_twistedcontract}):
@@ -146,9 +146,9 @@ class GuardedServer(tcp.Server):
         if isinstance(sock, int):
             self._socket: Any = None
             self._fd = sock
-            # Two fcntl calls, where socket.socket's constructor and
-            # setblocking cost a getsockname and an ioctl, each taking the
-            # socket's lock in the kernel.
+            # One ioctl(FIONBIO) on Linux, where socket.socket's
+            # constructor and setblocking cost a getsockname and the same
+            # ioctl.
             os.set_blocking(sock, False)
             # read(2) and write(2) on the descriptor: os.read and os.write
             # parse their arguments through Argument Clinic, where
@@ -196,8 +196,7 @@ class GuardedServer(tcp.Server):
         """
         sock = self._socket
         if sock is None:
-            family, kind, proto = self._port().socketArguments()
-            sock = socket.socket(family, kind, proto, self._fd)
+            sock = self._wrapDescriptor()
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
@@ -206,13 +205,16 @@ class GuardedServer(tcp.Server):
             if self._socket is None:
                 sock.detach()
 
-    def _port(self) -> Any:
+    def _wrapDescriptor(self) -> socket.socket:
         """
-        The listening port that accepted this connection (a
-        L{myserver.ports.GuardedPort}, which knows its sockets' family,
-        type and protocol).
+        A socket object around the descriptor, of the family, type and
+        protocol of the listening port that accepted it (a
+        L{myserver.ports.GuardedPort}); it owns the descriptor from then on
+        unless detached.
         """
-        return self.server
+        port: Any = self.server
+        family, kind, proto = port.socketArguments()
+        return socket.socket(family, kind, proto, self._fd)
 
     # Read-only where Twisted's is an attribute: set by the constructor.
     @property
@@ -230,8 +232,7 @@ class GuardedServer(tcp.Server):
         if made is None:
             if self._fd < 0:
                 raise AttributeError("socket: the connection is closed")
-            family, kind, proto = self._port().socketArguments()
-            made = self._socket = socket.socket(family, kind, proto, self._fd)
+            made = self._socket = self._wrapDescriptor()
         return made
 
     def fileno(self) -> int:
@@ -585,9 +586,9 @@ class GuardedServer(tcp.Server):
         call instead of a dozen: the reactor forgets the descriptor for
         reading and writing at once when it can (L{myserver.reactor}'s
         C{removeSelectable}, without an C{epoll_ctl} when the close of the
-        bare descriptor does that), and an abort is told from an orderly close by
-        its type, not by C{Failure.check}'s walk of qualified names.  Then
-        the guard's accounting, whatever the protocol did.
+        bare descriptor does that), and an abort is told from an orderly
+        close by its type, not by C{Failure.check}'s walk of qualified
+        names.  Then the guard's accounting, whatever the protocol did.
         """
         if self._fd < 0:
             # Closed already (an abort, then an error reaching the reactor).
