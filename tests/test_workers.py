@@ -80,6 +80,10 @@ def refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # Queued on a listening socket that closed meanwhile (a worker
+        # stopping): not refused yet; the caller asks again.
+        return False
     return False
 
 
