@@ -298,7 +298,7 @@ class DirectEPollReactor(EPollReactor):
         conditional backward jump, which never counts towards specialising
         the function, and a function entered once (this one) then runs its
         every attribute lookup, on every wake-up, by the generic path
-        (about 2,500 instructions per wake-up under callgrind).  An
+        (about 2,100 instructions per wake-up under callgrind).  An
         unconditional backward jump does count.
         """
         seconds = self.seconds

@@ -605,9 +605,9 @@ class GuardedServer(tcp.Server):
             if self.producer is not None:
                 self.producer.stopProducing()
                 self.producer = None
-            # Failure is a BaseException subclass (in every Twisted CI
-            # tests, 24.7 on), whose attribute reads CPython 3.11 does not
-            # specialise: the usual reason, this module's own, is known
+            # Failure is a BaseException subclass (in every Twisted version
+            # CI tests, 24.7 on), whose attribute reads CPython 3.11 does
+            # not specialise: the usual reason, this module's own, is known
             # without reading its value.
             orderly = reason is _CONNECTION_DONE or not isinstance(
                 reason.value, ConnectionAborted
