@@ -56,6 +56,7 @@ class Guard:
     @ivar registry: told of every connection opened and closed.
     @ivar gate: decides whether this listener's ports accept.
     @ivar clock: the time source for durations and idleness.
+    @ivar now: C{clock.seconds}.
     @ivar connections: this listener's open connections.
     @ivar rejected: connections refused or cut short, by reason.
     @ivar idleClosed: connections closed for being idle.
@@ -110,6 +111,21 @@ class Guard:
         self.rejected: dict[str, int] = {}
         self.idleClosed = 0
         self.warnings = RateLimitedLog(log, clock)
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: IReactorTime) -> None:
+        """
+        Use C{clock}; L{now} is its C{seconds}, looked up here once: the
+        reactor's is a staticmethod, whose lookup through the reactor
+        CPython 3.11 does not specialise (and connections read the time
+        twice each, when they open and when they close).
+        """
+        self._clock = clock
+        self.now = clock.seconds
 
     def reconfigure(
         self,
@@ -257,9 +273,11 @@ class Guard:
         self._countAddress(connection, peer)
 
     def closed(self, connection: Any, reason: Failure) -> None:
-        key = connection.addressKey
+        counts = self.admission.openByAddress
+        # addressKey (a class attribute unless this connection was counted)
+        # only when some connection was.
+        key = connection.addressKey if counts else None
         if key is not None:
-            counts = self.admission.openByAddress
             remaining = counts[key] - 1
             if remaining:
                 counts[key] = remaining

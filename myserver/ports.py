@@ -132,6 +132,9 @@ class GuardedPort:
     _backingOff = False
     _paused = False
     _socketArguments: tuple[int, int, int] | None = None
+    # See GuardedTCPPort; the transport reads it first, before its own
+    # isTCP, for every port.
+    noDelayInherited = False
 
     def doRead(self) -> None:
         guard = self.guard
@@ -139,7 +142,10 @@ class GuardedPort:
         if room <= 0:
             guard.gate.reconsider()
             return
-        batch = min(self.numberAccepts, room)
+        # Not min(): CPython 3.11 does not specialise its call.
+        batch = self.numberAccepts
+        if room < batch:
+            batch = room
         accepted = 0
         listening: socket.socket = self.socket  # type: ignore[attr-defined]
         while accepted < batch:
@@ -347,7 +353,6 @@ class GuardedTCPPort(GuardedPort, tcp.Port):
     """
 
     transport = GuardedServer
-    noDelayInherited = False
 
     def createInternetSocket(self) -> socket.socket:
         """
@@ -375,7 +380,9 @@ class GuardedTCPPort(GuardedPort, tcp.Port):
         super().startListening()
 
     def _address(self, addr: Any) -> IPv4Address | IPv6Address:
-        if self.addressFamily == socket.AF_INET6:
+        # By the address's length (IPv6's has four fields): the class's
+        # addressFamily, an enum, costs a generic lookup and comparison.
+        if len(addr) != 2:
             # Keep the scope ID in the host, as Twisted does.
             host, _ = socket.getnameinfo(
                 addr, socket.NI_NUMERICHOST | socket.NI_NUMERICSERV

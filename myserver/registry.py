@@ -14,6 +14,7 @@ from bisect import bisect_left
 from collections import deque
 from typing import Any
 
+from twisted.internet import main
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.logger import Logger
@@ -25,6 +26,10 @@ log = Logger(namespace="myserver")
 
 # How many of the last refusals the status page lists.
 REFUSALS_KEPT = 50
+
+# The reason of an orderly close, made once: what the guarded transport
+# passes its protocol and the registry when nothing went wrong.
+CONNECTION_DONE = Failure(main.CONNECTION_DONE)
 
 DURATION_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
 
@@ -100,7 +105,10 @@ class ConnectionRegistry:
 
     def remove(self, connection: Any, reason: Failure) -> None:
         self.connections.discard(connection)
-        if isinstance(reason.value, ConnectionDone):
+        # The usual reason, the transport's own, is known without reading
+        # Failure.value (a BaseException subclass's attribute, which
+        # CPython 3.11 looks up by its generic path).
+        if reason is CONNECTION_DONE or isinstance(reason.value, ConnectionDone):
             result = "closed"
         elif isinstance(reason.value, ConnectionAborted):
             result = "aborted"
@@ -109,7 +117,8 @@ class ConnectionRegistry:
         self.results[result] = self.results.get(result, 0) + 1
         self.bytesReceived += connection.bytesReceived
         self.bytesSent += connection.bytesSent
-        duration = connection.guard.clock.seconds() - connection.openedAt
+        now = connection.guard.now  # See GuardedServer.__init__.
+        duration = now() - connection.openedAt
         # The histogram's update, without a call.
         durations = self.durations
         durations.counts[bisect_left(durations.bounds, duration)] += 1

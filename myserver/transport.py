@@ -69,11 +69,14 @@ from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.python.failure import Failure
 
-from myserver.budget import NORMAL, OutputBudget
+from myserver.budget import NORMAL
 from myserver.policy import Guard
+from myserver.registry import CONNECTION_DONE
 
 _RETRY_LATER = (errno.EWOULDBLOCK, errno.ENOBUFS)
-_CONNECTION_DONE = Failure(main.CONNECTION_DONE)
+# What a read asks for: Twisted's bufferSize, the class's, set on each
+# connection from here (the output budget lowers it while overloaded).
+_READ_SIZE = abstract.FileDescriptor.bufferSize
 _providesHalfClose = IHalfCloseableProtocol.providedBy
 
 
@@ -124,13 +127,17 @@ class GuardedServer(tcp.Server):
         C{repr} ever reads; here they are made when asked for.  The
         attributes read on every message are set on the instance, where
         CPython 3.11 finds them by a specialised lookup (a class attribute
-        read through an instance takes the generic path).  But not many
-        more: 3.11 keeps an instance's attributes in a compact array shared
-        by its class only up to 30 names (27 by a connection's close now,
-        and a few more on rarer paths); past that each instance builds a
-        dictionary of its own, and every specialised lookup falls back,
-        which costs more than the lookups it would save (tried: 7 more
-        attributes here added 6,000 instructions per connection).
+        read through an instance takes the generic path), and so are those
+        its close reads.  But not many more: 3.11 keeps an instance's
+        attributes in a compact array whose names its class shares, up to
+        30 names over every instance that ever set one (27 by a usual
+        connection's close, a few more on rarer paths: an idle sweep's
+        mark, a queue's offset); an instance that sets a name past those
+        builds a dictionary of its own, and every specialised lookup on it
+        falls back, which costs more than the lookups it would save
+        (tried: 7 more attributes here added 6,000 instructions per
+        connection).  So what can be derived is not stored (C{hostname},
+        the output budget: the guard's).
 
         @param sock: the accepted connection's descriptor, as the accept
             loop passes it: the C{socket.socket} around it is made only if
@@ -145,10 +152,15 @@ class GuardedServer(tcp.Server):
         # Booleans where Twisted sets 0 and 1: tested on every message, and
         # CPython jumps on True and False without calling their __bool__.
         self.disconnecting = False
-        self.bufferSize = type(self).bufferSize
+        self.bufferSize = _READ_SIZE
         self.bytesReceived = 0
         self.bytesSent = 0
+        self.queuedCounted = 0
         self._inProtocol = False
+        # Read when the connection closes: set here, each lookup is
+        # specialised; left to the class, each takes the generic path.
+        self.producer = None
+        self.TLS = False
         if isinstance(sock, int):
             self._socket: Any = None
             self._fd = sock
@@ -176,19 +188,24 @@ class GuardedServer(tcp.Server):
         self.server = server
         self.client = client
         self.sessionno = sessionno
-        self.hostname = client[0]
         guard: Guard = server.guard
         self.guard = guard
-        self.budget: OutputBudget = guard.budget
         self.maxWriteBuffer = guard.maxWriteBuffer
-        self.openedAt = self.activeAt = guard.clock.seconds()
+        # A plain attribute holding a function: looked up as one, then
+        # called (a method call's lookup, LOAD_METHOD, is not specialised
+        # for it).
+        now = guard.now
+        self.openedAt = self.activeAt = now()
         readNew = getattr(reactor, "readNewDescriptor", None)
         if readNew is None:
             self.startReading()
         else:
             readNew(self, self._fd)
         self.connected = True
-        if guard.noDelay and self.isTCP and not server.noDelayInherited:
+        # The class's isTCP last: read through an instance, a class attribute
+        # takes the generic lookup, and a listener whose sockets inherit
+        # TCP_NODELAY (most) makes it unnecessary.
+        if guard.noDelay and not server.noDelayInherited and self.isTCP:
             self._setNoDelay()
         guard.opened(self)
 
@@ -240,6 +257,15 @@ class GuardedServer(tcp.Server):
                 raise AttributeError("socket: the connection is closed")
             made = self._socket = self._wrapDescriptor()
         return made
+
+    # Read-only where Twisted's is an attribute: set by the constructor.
+    @property
+    def hostname(self) -> Any:  # type: ignore[override]
+        """
+        The client's host, as Twisted's C{tcp.Server} names it: read only by
+        its log prefix, so not stored per connection.
+        """
+        return self.client[0]
 
     def fileno(self) -> int:
         """
@@ -345,12 +371,12 @@ class GuardedServer(tcp.Server):
         before = self.bytesReceived
         why = self.doRead()
         received = self.bytesReceived - before
+        # Not _readClosed: a read that returned data did not find the EOF.
         if (
             why is None
             and 0 < received < self.bufferSize
             and self.connected
             and not self.disconnecting
-            and not self._readClosed
             and not self._readPausedByGuard
             and not self._readPausedByConsumer
         ):
@@ -381,7 +407,7 @@ class GuardedServer(tcp.Server):
         self._tempDataBuffer.append(data)
         self._tempDataLen += len(data)
         pending = self.pendingBytes()
-        budget = self.budget
+        budget = self.guard.budget
         budget.queued += pending - self.queuedCounted
         self.queuedCounted = pending
         mark = self.maxWriteBuffer
@@ -471,7 +497,7 @@ class GuardedServer(tcp.Server):
             return None
         result = super().doWrite()
         pending = self.pendingBytes()
-        budget = self.budget
+        budget = self.guard.budget
         budget.queued += pending - self.queuedCounted
         self.queuedCounted = pending
         if self._readPausedByGuard and pending <= (
@@ -553,16 +579,21 @@ class GuardedServer(tcp.Server):
         and that must wait for the queue or a producer takes Twisted's way
         now: stop reading, and close once the queue has been sent.
         """
-        if not (self.disconnecting and self.connected) or self._aborted:
+        if not (self.disconnecting and self.connected) or (
+            # An abort closes writing first: _aborted, a class attribute
+            # until then, is read only for a connection that did either.
+            self._writeDisconnected and self._aborted
+        ):
             return
         if (
             self.producer is None
             and not self.TLS
             and not self._tempDataLen
-            and len(self.dataBuffer) == self.offset
+            and (not self.dataBuffer or len(self.dataBuffer) == self.offset)
         ):
-            # Nothing queued (pendingBytes, inline).
-            self.connectionLost(_CONNECTION_DONE)
+            # Nothing queued (pendingBytes, inline; the class's offset is
+            # read only when something was).
+            self.connectionLost(CONNECTION_DONE)
         elif self._closeMarked:
             self._closeMarked = False
             self.stopReading()
@@ -609,7 +640,7 @@ class GuardedServer(tcp.Server):
             # CI tests, 24.7 on), whose attribute reads CPython 3.11 does
             # not specialise: the usual reason, this module's own, is known
             # without reading its value.
-            orderly = reason is _CONNECTION_DONE or not isinstance(
+            orderly = reason is CONNECTION_DONE or not isinstance(
                 reason.value, ConnectionAborted
             )
             # An orderly close after the peer's EOF, of a descriptor that no
@@ -639,7 +670,7 @@ class GuardedServer(tcp.Server):
             # all the same; say which protocol, as for its other methods.
             self.guard.protocolFailed("connectionLost", self.getPeer())
         finally:
-            budget = self.budget
+            budget = self.guard.budget
             budget.queued -= self.queuedCounted
             self.queuedCounted = 0
             if budget.state != NORMAL:

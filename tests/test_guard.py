@@ -13,7 +13,11 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    UNIXClientEndpoint,
+    connectProtocol,
+)
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
@@ -112,7 +116,9 @@ class ServingTestCase(TestCase):
     maxWriteBuffer = 64 * 1024
 
     @inlineCallbacks
-    def serve(self, factory: Factory, noDelay: bool = True) -> Any:
+    def serve(
+        self, factory: Factory, noDelay: bool = True, endpoint: str = LOOPBACK
+    ) -> Any:
         self.registry = ConnectionRegistry()
         self.gate = AcceptGate(self.registry, 10000)
         self.guard = Guard(
@@ -125,13 +131,13 @@ class ServingTestCase(TestCase):
         )
         self.server = ServerService(self.registry, self.gate, 30.0, reactor)
         self.listener = ListenerService(
-            Listener(LOOPBACK, "test"), factory, self.guard, reactor
+            Listener(endpoint, "test"), factory, self.guard, reactor
         )
         self.listener.setServiceParent(self.server)
         self.server.startService()
         self.addCleanup(self.stopServer)
         assert self.listener.port is not None
-        self.port = self.listener.port.getHost().port
+        self.port = getattr(self.listener.port.getHost(), "port", 0)
         yield None
 
     def stopServer(self) -> Any:
@@ -149,6 +155,24 @@ class ServingTestCase(TestCase):
     def serverConnection(self) -> GuardedServer:
         [connection] = self.registry.connections
         return connection
+
+
+class UNIXListenerTests(ServingTestCase):
+    """
+    A guarded UNIX-domain listener serves as a TCP one does (its port has no
+    TCP_NODELAY to inherit, and its transport none to set).
+    """
+
+    @inlineCallbacks
+    def test_echoesAndClosesAfterEOF(self) -> Any:
+        path = os.path.join(self.mktemp() + ".d", "echo.sock")
+        os.makedirs(os.path.dirname(path))
+        yield self.serve(buildFactory({}), endpoint=f"unix:{path}")
+        client = Client(b"over a UNIX socket" * 1000)
+        yield connectProtocol(UNIXClientEndpoint(reactor, path), client)
+        received = yield client.done
+        self.assertEqual(received, b"over a UNIX socket" * 1000)
+        self.assertEqual(self.registry.results, {"closed": 1})
 
 
 class GuardedServerTests(ServingTestCase):

@@ -176,7 +176,7 @@ class PrivateNamesTests(ContractTestCase):
             noDelayInherited=False,
         )
         lazy = {"logstr", "repstr"}
-        onTheClass = {"socket", "fileno"}
+        onTheClass = {"socket", "fileno", "hostname"}
         cases = [
             (tcp.Server, GuardedServer, socket.AF_INET, ("127.0.0.1", 1)),
             (unix.Server, GuardedUNIXServer, socket.AF_UNIX, ""),
@@ -193,6 +193,7 @@ class PrivateNamesTests(ContractTestCase):
                 f"{twisted.__module__}.{twisted.__qualname__}.__init__ sets "
                 "more: re-check myserver.transport (GuardedServer.__init__)",
             )
+            self.assertEqual(theirs.hostname, mine.hostname)
             self.assertEqual(theirs.logstr, mine.logstr)
             self.assertEqual(repr(theirs), repr(mine))
             self.assertIs(mine.socket, skts[1])
