@@ -15,6 +15,7 @@ from typing import Any
 
 from twisted.trial.unittest import TestCase
 
+from myserver.bench import native
 from myserver.bench.load import WrongBytes, generate
 from tests.support import processTest, requireTool
 
@@ -42,6 +43,39 @@ def wrongEchoServer() -> tuple[int, threading.Event]:
                         client.sendall(data[:-1] + bytes([data[-1] ^ 1]))
                 except OSError:
                     pass
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1], stop
+
+
+def correctEchoServer() -> tuple[int, threading.Event]:
+    """
+    A plain echo server, a thread per client, that closes after the
+    client's EOF once everything is echoed.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serveOne(client: socket.socket) -> None:
+        with client:
+            client.settimeout(5)
+            try:
+                while data := client.recv(65536):
+                    client.sendall(data)
+            except OSError:
+                pass
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=serveOne, args=(client,), daemon=True).start()
         listener.close()
 
     threading.Thread(target=serve, daemon=True).start()
@@ -87,6 +121,9 @@ class BenchTests(TestCase):
                 self.assertTrue(values["verified"])
             self.assertEqual(set(data["ratio_of_myserver_to"]), servers - {"myserver"})
         self.assertIn("myserver/twisted", out)
+        self.assertEqual(
+            report["settings"]["load"], "c" if native.compiler() else "python"
+        )
         # Every measure side by side, each server's against uvloop's.
         measures = {(r["scenario"], r["measure"]): r for r in report["by_server"]}
         for scenario in ("pingpong", "connect-rate"):
@@ -189,3 +226,53 @@ class BenchTests(TestCase):
         self.addCleanup(stop.set)
         with self.assertRaises(WrongBytes):
             generate("pingpong", port, 1, 64, 0.5, 1)
+
+    def test_pythonLoad(self) -> None:
+        """
+        C{--load python} runs the asyncio load generator, and says so.
+        """
+        report, out, _ = self.bench(
+            "pingpong", "--servers", "myserver", "--load", "python"
+        )
+        self.assertEqual(report["settings"]["load"], "python")
+        self.assertIn("load generator: python", out)
+        self.assertGreater(
+            report["scenarios"]["pingpong"]["servers"]["myserver"]["rate"], 0
+        )
+
+
+class NativeLoadTests(TestCase):
+    """
+    The C load generator, built from the package's source with the machine's
+    C compiler, against real echo servers on loopback.
+    """
+
+    def setUp(self) -> None:
+        requireTool("cc")
+        self.executable = native.build(os.path.abspath(self.mktemp()))
+
+    def test_bothScenarios(self) -> None:
+        """
+        Against a correct echo server, both scenarios complete operations,
+        with latency samples; the build is made once and then reused.
+        """
+        port, stop = correctEchoServer()
+        self.addCleanup(stop.set)
+        for scenario in ("pingpong", "connect-rate"):
+            result = native.generate(self.executable, scenario, port, 4, 1024, 0.5, 1)
+            self.assertGreater(result.operations, 16, scenario)
+            self.assertTrue(result.latencies, scenario)
+            self.assertTrue(all(0 < latency < 10 for latency in result.latencies))
+        self.assertEqual(
+            native.build(os.path.dirname(self.executable)), self.executable
+        )
+
+    def test_wrongByteFailsLoudly(self) -> None:
+        """
+        An echo one byte off fails the run, in either scenario.
+        """
+        port, stop = wrongEchoServer()
+        self.addCleanup(stop.set)
+        for scenario in ("pingpong", "connect-rate"):
+            with self.assertRaises(WrongBytes, msg=scenario):
+                native.generate(self.executable, scenario, port, 1, 64, 2.0, 1)

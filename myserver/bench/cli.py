@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from importlib.util import find_spec
 from typing import Any
 
-from myserver.bench.load import Result, WrongBytes, generate
+from myserver.bench import native
+from myserver.bench.load import LoadFailed, Result, WrongBytes, generate
 from myserver.bench.progress import progress
 
 SCENARIOS = ("pingpong", "connect-rate", "idle-hold", "cost", "syscalls")
@@ -178,18 +179,57 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def runLoad(kind: str, scenario: str, options: argparse.Namespace) -> dict[str, Any]:
+def load(
+    options: argparse.Namespace,
+    scenario: str,
+    port: int,
+    count: int,
+    size: int,
+    seconds: float,
+) -> Result:
+    """
+    Run C{scenario} on the load generator chosen (C{options.loadgen}: the
+    C one's executable, or L{None} for the Python one), on the load's CPUs.
+    """
     _, loadCpus = _cpus()
+    if options.loadgen is None:
+        return generate(
+            scenario, port, count, size, seconds, options.processes, loadCpus
+        )
+    threads = len(loadCpus) if loadCpus else 1
+    return native.generate(
+        options.loadgen, scenario, port, count, size, seconds, threads, loadCpus
+    )
+
+
+def chooseLoadGenerator(choice: str) -> str | None:
+    """
+    The C load generator's executable for C{--load c} (built now if need be),
+    and for C{--load auto} when it builds here; L{None} for the Python one.
+
+    @raise LoadFailed: C{--load c} and it cannot be built.
+    """
+    if choice == "python":
+        return None
+    try:
+        return native.build()
+    except LoadFailed as e:
+        if choice == "c":
+            raise
+        print(f"myserver-bench: {e}; the Python load generator runs", file=sys.stderr)
+        return None
+
+
+def runLoad(kind: str, scenario: str, options: argparse.Namespace) -> dict[str, Any]:
     with running(kind, options.server_args) as (port, process):
         before = cpuSeconds(process.pid)
-        result: Result = generate(
+        result = load(
+            options,
             scenario,
             port,
             options.connections,
             options.size,
             options.seconds,
-            options.processes,
-            loadCpus,
         )
         used = cpuSeconds(process.pid) - before
     return {
@@ -360,21 +400,14 @@ def runSyscalls(kind: str, options: argparse.Namespace) -> dict[str, Any]:
     to the server, with the calls per connection listed by name.
     """
     messages = 2000 if options.quick else 20000
-    _, loadCpus = _cpus()
     with running(kind, options.server_args) as (port, process):
         _pingpongCount(port, 100)
         calls, _ = _straced(process.pid, lambda: _pingpongCount(port, messages))
         perMessage = sum(calls.values()) / messages
         calls, result = _straced(
             process.pid,
-            lambda: generate(
-                "connect-rate",
-                port,
-                32,
-                1024,
-                1.0 if options.quick else 3.0,
-                1,
-                loadCpus,
+            lambda: load(
+                options, "connect-rate", port, 32, 1024, 1.0 if options.quick else 3.0
             ),
         )
         done = max(1, result.operations)
@@ -494,6 +527,14 @@ def main(argv: list[str] | None = None) -> int:
         "asyncio reactor on a uvloop loop)",
     )
     parser.add_argument("--server-args", default="", help="extra myserver options")
+    parser.add_argument(
+        "--load",
+        choices=("auto", "c", "python"),
+        default="auto",
+        help="the load generator: c (built with the machine's C compiler; "
+        "keeps the server's core busy), python (asyncio processes), or auto "
+        "(c when there is a compiler)",
+    )
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("--plot", help="write a PNG of the ratios to this file")
     parser.add_argument("--quick", action="store_true", help="a tiny run, for CI")
@@ -532,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
         for server in servers
     ]
     try:
+        options.loadgen = chooseLoadGenerator(options.load)
+    except LoadFailed as e:
+        print(f"myserver-bench: error: {e}", file=sys.stderr)
+        return 2
+    try:
         with progress(len(runs)) as shown:
             for scenario, server in runs:
                 shown.start(f"{scenario}: {server}")
@@ -547,6 +593,9 @@ def main(argv: list[str] | None = None) -> int:
                 shown.finish()
     except WrongBytes as e:
         print(f"myserver-bench: error: wrong bytes echoed: {e}", file=sys.stderr)
+        return 1
+    except LoadFailed as e:
+        print(f"myserver-bench: error: {e}", file=sys.stderr)
         return 1
     return publish(summarise(results, options), options)
 
@@ -598,6 +647,7 @@ def summarise(
             "seconds": options.seconds,
             "repeat": options.repeat,
             "cpus": len(os.sched_getaffinity(0)),
+            "load": "python" if options.loadgen is None else "c",
         },
         "scenarios": {},
     }
@@ -755,6 +805,8 @@ def table(report: dict[str, Any]) -> str:
     then its CPU per operation is the figure to compare).
     """
     lines = []
+    if "load" in report["settings"]:
+        lines.append(f"load generator: {report['settings']['load']}")
     for scenario, data in report["scenarios"].items():
         lines.append(f"{scenario} ({data['metric']}, median)")
         for server, values in data["servers"].items():

@@ -14,7 +14,14 @@ import time
 from dataclasses import dataclass, field
 
 
-class WrongBytes(Exception):
+class LoadFailed(Exception):
+    """
+    The load could not be generated as asked (connections refused, a load
+    generator that would not build).
+    """
+
+
+class WrongBytes(LoadFailed):
     """
     An echo came back different from what was sent.
     """
