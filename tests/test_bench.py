@@ -20,39 +20,13 @@ from myserver.bench.load import WrongBytes, generate
 from tests.support import processTest, requireTool
 
 
-def wrongEchoServer() -> tuple[int, threading.Event]:
+def echoServer(corrupt: bool = False) -> tuple[int, threading.Event]:
     """
-    An echo server that changes the last byte of what it sends back.
-    """
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    listener.settimeout(0.2)
-    stop = threading.Event()
+    An echo server on loopback, a thread per client, that closes after the
+    client's EOF once everything is echoed; with C{corrupt}, it changes the
+    last byte of each piece it sends back.
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with client:
-                client.settimeout(5)
-                try:
-                    while data := client.recv(65536):
-                        client.sendall(data[:-1] + bytes([data[-1] ^ 1]))
-                except OSError:
-                    pass
-        listener.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return listener.getsockname()[1], stop
-
-
-def correctEchoServer() -> tuple[int, threading.Event]:
-    """
-    A plain echo server, a thread per client, that closes after the
-    client's EOF once everything is echoed.
+    @return: its port, and the event that stops it.
     """
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -65,6 +39,8 @@ def correctEchoServer() -> tuple[int, threading.Event]:
             client.settimeout(5)
             try:
                 while data := client.recv(65536):
+                    if corrupt:
+                        data = data[:-1] + bytes([data[-1] ^ 1])
                     client.sendall(data)
             except OSError:
                 pass
@@ -222,7 +198,7 @@ class BenchTests(TestCase):
         self.assertNotIn("[1/1]", result.stdout)  # not the line form
 
     def test_wrongByteFailsLoudly(self) -> None:
-        port, stop = wrongEchoServer()
+        port, stop = echoServer(corrupt=True)
         self.addCleanup(stop.set)
         with self.assertRaises(WrongBytes):
             generate("pingpong", port, 1, 64, 0.5, 1)
@@ -256,7 +232,7 @@ class NativeLoadTests(TestCase):
         Against a correct echo server, both scenarios complete operations,
         with latency samples; the build is made once and then reused.
         """
-        port, stop = correctEchoServer()
+        port, stop = echoServer()
         self.addCleanup(stop.set)
         for scenario in ("pingpong", "connect-rate"):
             result = native.generate(self.executable, scenario, port, 4, 1024, 0.5, 1)
@@ -271,7 +247,7 @@ class NativeLoadTests(TestCase):
         """
         An echo one byte off fails the run, in either scenario.
         """
-        port, stop = wrongEchoServer()
+        port, stop = echoServer(corrupt=True)
         self.addCleanup(stop.set)
         for scenario in ("pingpong", "connect-rate"):
             with self.assertRaises(WrongBytes, msg=scenario):

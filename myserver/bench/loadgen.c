@@ -343,34 +343,6 @@ static void pp_event(struct worker *w, struct conn *c, uint32_t ev)
         pp_write(w, c);
 }
 
-static void run_pingpong(struct worker *w)
-{
-    struct epoll_event evs[MAX_EVENTS];
-    for (int i = 0; i < w->nconns && !stopped(); i++)
-        pp_connect(w, &w->conns[i]);
-
-    while (!stopped()) {
-        double t = now();
-        if (t >= g_deadline)
-            break;
-        int timeout = (int)((g_deadline - t) * 1000.0) + 1;
-        if (timeout > 100)
-            timeout = 100;
-        int n = epoll_wait(w->ep, evs, MAX_EVENTS, timeout);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            fail("epoll_wait: %s", strerror(errno));
-            break;
-        }
-        for (int i = 0; i < n && !stopped(); i++)
-            pp_event(w, (struct conn *)evs[i].data.ptr, evs[i].events);
-    }
-    w->end = now();
-    for (int i = 0; i < w->nconns; i++)
-        conn_close(&w->conns[i]);
-}
-
 /* ------------------------------------------------------------------ */
 /* connect-rate                                                        */
 /* ------------------------------------------------------------------ */
@@ -511,11 +483,16 @@ static void cr_event(struct worker *w, struct conn *c, uint32_t ev)
     }
 }
 
-static void run_connrate(struct worker *w)
+/* ------------------------------------------------------------------ */
+
+/* One worker's run: start every connection, then handle events until the
+ * deadline (or a failure), then close what is open. */
+static void run(struct worker *w, void (*start)(struct worker *, struct conn *),
+                void (*event)(struct worker *, struct conn *, uint32_t))
 {
     struct epoll_event evs[MAX_EVENTS];
     for (int i = 0; i < w->nconns && !stopped(); i++)
-        cr_start(w, &w->conns[i]);
+        start(w, &w->conns[i]);
 
     while (!stopped()) {
         double t = now();
@@ -532,22 +509,20 @@ static void run_connrate(struct worker *w)
             break;
         }
         for (int i = 0; i < n && !stopped(); i++)
-            cr_event(w, (struct conn *)evs[i].data.ptr, evs[i].events);
+            event(w, (struct conn *)evs[i].data.ptr, evs[i].events);
     }
     w->end = now();
     for (int i = 0; i < w->nconns; i++)
         conn_close(&w->conns[i]);
 }
 
-/* ------------------------------------------------------------------ */
-
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     if (g_scenario == SC_PINGPONG)
-        run_pingpong(w);
+        run(w, pp_connect, pp_event);
     else
-        run_connrate(w);
+        run(w, cr_start, cr_event);
     return NULL;
 }
 
