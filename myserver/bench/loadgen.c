@@ -145,33 +145,23 @@ static void lat_end(struct worker *w, const struct conn *c)
         w->lat[w->nlat++] = (double)(t1 - c->t0_ns) * 1e-9;
 }
 
-/* The first failure stops the run; its status is the exit status. */
-static void vfail(int status, const char *fmt, va_list ap)
+/* The first failure stops the run; its status is the exit status:
+ * EXIT_WRONG_BYTES for an echo that differs from what was sent. */
+static void fail_with(int status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void fail_with(int status, const char *fmt, ...)
 {
     int expected = 0;
-    if (atomic_compare_exchange_strong(&g_failed, &expected, status))
+    if (atomic_compare_exchange_strong(&g_failed, &expected, status)) {
+        va_list ap;
+        va_start(ap, fmt);
         vsnprintf(g_failmsg, sizeof g_failmsg, fmt, ap);
+        va_end(ap);
+    }
     atomic_store(&g_stop, 1);
 }
-
-static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void fail(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vfail(EXIT_FAILED, fmt, ap);
-    va_end(ap);
-}
-
-/* An echo that differs from what was sent: exit status EXIT_WRONG_BYTES. */
-static void wrong(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void wrong(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vfail(EXIT_WRONG_BYTES, fmt, ap);
-    va_end(ap);
-}
+#define fail(...) fail_with(EXIT_FAILED, __VA_ARGS__)
+#define wrong(...) fail_with(EXIT_WRONG_BYTES, __VA_ARGS__)
 
 static int stopped(void)
 {
