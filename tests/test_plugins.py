@@ -34,7 +34,13 @@ def installedExample() -> str:
     if "path" not in _built:
         target = tempfile.mkdtemp(prefix="myserver-upper-")
         atexit.register(shutil.rmtree, target, True)
-        subprocess.run(
+        # Built from a copy: setuptools writes build/ and *.egg-info into
+        # the tree it builds, and trial's other worker may be building
+        # docs/example at the same moment.
+        source = os.path.join(target + "-source", "example")
+        atexit.register(shutil.rmtree, target + "-source", True)
+        shutil.copytree(EXAMPLE, source)
+        built = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -45,12 +51,14 @@ def installedExample() -> str:
                 "--no-deps",
                 "--target",
                 target,
-                str(EXAMPLE),
+                source,
             ],
-            check=True,
             capture_output=True,
+            text=True,
             timeout=300,
         )
+        if built.returncode != 0:
+            raise AssertionError(f"pip could not install docs/example: {built.stderr}")
         _built["path"] = target
     return _built["path"]
 
