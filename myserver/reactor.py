@@ -235,7 +235,13 @@ class DirectEPollReactor(EPollReactor):
         readable = _EPOLLIN
         readToEnd = _READ_TO_END
         for fd, event in events:
-            selectable = direct.get(fd)
+            # A subscript, which CPython specialises for a dict, rather than
+            # a call of get: a miss (a selectable that is not direct: the
+            # waker, the admin site's connections) is the rare case.
+            try:
+                selectable = direct[fd]
+            except KeyError:
+                selectable = None
             if selectable is not None:
                 try:
                     if event == readable or event == readToEnd:
@@ -250,7 +256,9 @@ class DirectEPollReactor(EPollReactor):
                             # As _doReadOrWrite: log, and disconnect.
                             why = sys.exc_info()[1]
                             log.err()
-                        if why:
+                        # A direct selectable returns None or the reason:
+                        # told apart without calling the reason's __bool__.
+                        if why is not None:
                             self._disconnectSelectable(selectable, why, True)
                     else:
                         self._doReadOrWrite(selectable, fd, event)

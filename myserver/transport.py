@@ -386,7 +386,9 @@ class GuardedServer(tcp.Server):
     def write(self, data: bytes) -> None:
         if self._writeDisconnected or not self.connected:
             return
-        if not self._tempDataLen and not self.dataBuffer:
+        # An int compared with 0, which CPython specialises, where its
+        # truth would be a call.
+        if self._tempDataLen == 0 and not self.dataBuffer:
             # An empty write costs a write(2) that sends nothing; it is too
             # rare to test for on every message.
             try:
