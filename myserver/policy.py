@@ -148,7 +148,14 @@ class Guard:
         counts: dict[tuple[int, int], int] = {}
         for connection in self.connections:
             connection.maxWriteBuffer = maxWriteBuffer
-            host = hostOf(connection.getPeer()) if admission.maxPerAddress else None
+            host = None
+            if admission.maxPerAddress:
+                # As opened and admitProxied count: behind a PROXY-protocol
+                # proxy, the client its header named, once it has.
+                if getattr(connection.server, "proxied", False):
+                    host = connection.realPeer and hostOf(connection.realPeer)
+                else:
+                    host = hostOf(connection.getPeer())
             key = connection.addressKey = admission.addressKey(host) if host else None
             if key is not None:
                 counts[key] = counts.get(key, 0) + 1

@@ -132,6 +132,40 @@ class AdmissionUnitTests(TestCase):
         self.assertIsNone(admission.refusal("192.0.2.2"))
 
 
+class ReloadRecountTests(TestCase):
+    """
+    A reload that sets a per-address limit counts the open connections by
+    the address each is admitted under.
+    """
+
+    def test_proxiedCountedByRealClient(self) -> None:
+        """
+        Behind a PROXY-protocol listener that is the client the header
+        named, not the proxy; a connection whose header has not come yet
+        is not counted.
+        """
+        server = MemoryServer(pluginFactory("echo"), proxied=True)
+        named = server.connect()
+        named.receive(b"PROXY TCP4 192.0.2.1 198.51.100.2 40000 27015\r\n")
+        server.connect()  # Its header is still to come.
+        guard = server.guard
+        admission = Admission(maxPerAddress=5)
+        guard.reconfigure(
+            guard.maxWriteBuffer,
+            guard.idleTimeout,
+            guard.maxConnections,
+            admission,
+            guard.handshakeTimeout,
+        )
+        self.assertEqual(
+            admission.openByAddress, {admission.addressKey("192.0.2.1"): 1}
+        )
+        named.halfClose()
+        named.read()
+        self.assertTrue(named.closed)
+        self.assertEqual(admission.openByAddress, {})
+
+
 class MaxConnectionsTests(TestCase):
     """
     At max_connections the server stops accepting; the rest wait in the
