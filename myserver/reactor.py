@@ -188,7 +188,7 @@ class DirectEPollReactor(EPollReactor):
         self._reads.add(fd)
         self._selectables[fd] = selectable
 
-    def removeSelectable(self, selectable: Any, closing: bool = False) -> None:
+    def removeSelectable(self, selectable: Any) -> None:
         """
         Stop watching C{selectable} for reading and for writing, as
         C{removeReader} then C{removeWriter} would, in one step: a closing
@@ -196,17 +196,15 @@ class DirectEPollReactor(EPollReactor):
         which Twisted's C{stopReading} and C{stopWriting} take eight Python
         calls to do.
 
-        @param closing: the descriptor is closed right after this, and no
-            other descriptor refers to its socket (none was duplicated, no
-            child process inherited it): its close then removes it from
-            the epoll set, as epoll does for a file none of whose
-            descriptors remain, so only the reactor's own maps are updated,
-            without an C{epoll_ctl} call (as libuv, under uvloop, closes).
-            Should another descriptor keep the socket open after all (a
-            child process between C{fork} and C{exec}), epoll may report it
-            under the old number a moment longer: to no selectable, or to
-            the connection that reuses the number, whose read then finds
-            nothing (C{EAGAIN}) and waits on.
+        Always with an C{epoll_ctl(DEL)}, even for a descriptor about to be
+        closed, whose close alone would take it out of the epoll set only
+        if no other descriptor refers to its socket.  A child process
+        between C{fork} and C{exec} (an upgrade's successor, a worker)
+        holds a copy of every descriptor: a socket closed then stays in the
+        set under its old number, and its events (a peer's EOF, level
+        triggered) reach the connection that reuses the number, which
+        would take them for its own (L{doPoll}'s read to the end would
+        close it, its client's bytes unread).
         """
         fd = selectable.fileno()
         if self._selectables.get(fd) is selectable:
@@ -214,8 +212,7 @@ class DirectEPollReactor(EPollReactor):
             self._direct.pop(fd, None)
             self._reads.discard(fd)
             self._writes.discard(fd)
-            if not closing:
-                self._poller.unregister(fd)
+            self._poller.unregister(fd)
         else:
             # Not ours to forget this way: polled continuously (epoll
             # refused its descriptor), or not watched at all.

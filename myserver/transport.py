@@ -646,15 +646,14 @@ class GuardedServer(tcp.Server):
                 reason.value, ConnectionAborted
             )
             # An orderly close after the peer's EOF, of a descriptor that no
-            # socket object shares: os.close alone (see _closeSocket), which
-            # also takes it out of the epoll set, so no epoll_ctl first.
+            # socket object shares: os.close alone (see _closeSocket).
             bare = orderly and self._readClosed and self._socket is None
             removeSelectable = getattr(self.reactor, "removeSelectable", None)
             if removeSelectable is None:
                 self.stopReading()
                 self.stopWriting()
             else:
-                removeSelectable(self, bare)
+                removeSelectable(self)
             if bare:
                 try:
                     os.close(self._fd)
