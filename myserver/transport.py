@@ -24,8 +24,8 @@ a few attribute updates per read or write:
     is logged (rate-limited) with the protocol's name, and counted;
   - a cheap connection: served on its descriptor, with no socket object
     unless something asks for one (L{GuardedServer.socket}); no log strings
-    formatted at accept; and a close after the peer's EOF that costs one
-    C{close}, which also takes the descriptor out of the epoll set (see
+    formatted at accept; and a close after the peer's EOF that costs an
+    C{epoll_ctl(DEL)} and one C{close}, no C{shutdown} (see
     L{GuardedServer.loseConnection} and L{GuardedServer.connectionLost}).
 
 Twisted internals this module relies on (checked to exist, with the kind
@@ -624,8 +624,7 @@ class GuardedServer(tcp.Server):
         (their code is pinned by C{tests.test_twistedcontract}), in one
         call instead of a dozen: the reactor forgets the descriptor for
         reading and writing at once when it can (L{myserver.reactor}'s
-        C{removeSelectable}, without an C{epoll_ctl} when the close of the
-        bare descriptor does that), and an abort is told from an orderly
+        C{removeSelectable}, one C{epoll_ctl}), and an abort is told from an orderly
         close by its type, not by C{Failure.check}'s walk of qualified
         names.  Then the guard's accounting, whatever the protocol did.
         """
