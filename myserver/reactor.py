@@ -77,6 +77,8 @@ _READ_TO_END = _EPOLLIN | _EPOLLRDHUP
 # comparison of two floats, not of a float with an int.
 _LONGEST_WAIT = 2147483.0
 _log = Logger()
+# What doPoll's dispatch answers for an event that is not a plain read.
+_NOT_A_READ = object()
 
 
 class DirectEPollReactor(EPollReactor):
@@ -241,24 +243,30 @@ class DirectEPollReactor(EPollReactor):
                 selectable = None
             if selectable is not None:
                 try:
-                    if event == readable or event == readToEnd:
-                        try:
-                            if event == readable:
-                                why = selectable.doRead()
-                            else:
-                                why = selectable.doReadToEnd()
-                        except KeyboardInterrupt:
-                            raise
-                        except BaseException:
-                            # As _doReadOrWrite: log, and disconnect.
-                            why = sys.exc_info()[1]
-                            log.err()
-                        # A direct selectable returns None or the reason:
-                        # told apart without calling the reason's __bool__.
-                        if why is not None:
+                    # The usual event (data, nothing else) takes one
+                    # comparison to tell.
+                    try:
+                        if event == readable:
+                            why = selectable.doRead()
+                        elif event == readToEnd:
+                            why = selectable.doReadToEnd()
+                        else:
+                            why = _NOT_A_READ
+                    except KeyboardInterrupt:
+                        raise
+                    except BaseException:
+                        # As _doReadOrWrite: log, and disconnect.
+                        why = sys.exc_info()[1]
+                        log.err()
+                    # A direct selectable returns None or the reason: told
+                    # apart without calling the reason's __bool__.
+                    if why is not None:
+                        if why is _NOT_A_READ:
+                            # Writable, or an error: Twisted's handling,
+                            # which catches and disconnects by itself.
+                            self._doReadOrWrite(selectable, fd, event)
+                        else:
                             self._disconnectSelectable(selectable, why, True)
-                    else:
-                        self._doReadOrWrite(selectable, fd, event)
                 except KeyboardInterrupt:
                     raise
                 except BaseException:

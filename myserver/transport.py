@@ -386,9 +386,10 @@ class GuardedServer(tcp.Server):
     def write(self, data: bytes) -> None:
         if self._writeDisconnected or not self.connected:
             return
-        # An int compared with 0, which CPython specialises, where its
-        # truth would be a call.
-        if self._tempDataLen == 0 and not self.dataBuffer:
+        # Nothing queued: what is queued is counted into the budget after
+        # every write and every doWrite, and nothing else queues, so one
+        # int compared with 0 (which CPython specialises) says so.
+        if self.queuedCounted == 0:
             # An empty write costs a write(2) that sends nothing; it is too
             # rare to test for on every message.
             try:
