@@ -216,6 +216,26 @@ static void pp_error(struct worker *w, struct conn *c, int err, const char *what
         pp_connect(w, c);
 }
 
+/* Send what is left of buf (g_size bytes) from c->woff on, until all of it
+   is sent or the socket is full (c->woff then says which): 0, or the error
+   that stopped it (EPIPE for a send that took nothing). */
+static int send_some(struct conn *c, const unsigned char *buf)
+{
+    while (c->woff < g_size) {
+        ssize_t n = send(c->fd, buf + c->woff, g_size - c->woff, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->woff += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return 0;
+        return n < 0 ? errno : EPIPE;
+    }
+    return 0;
+}
+
 /* Message unique to connection and round: "conn:round:" repeated, truncated. */
 static void pp_build(struct conn *c)
 {
@@ -233,17 +253,9 @@ static void pp_build(struct conn *c)
 
 static void pp_write(struct worker *w, struct conn *c)
 {
-    while (c->woff < g_size) {
-        ssize_t n = send(c->fd, c->sbuf + c->woff, g_size - c->woff, MSG_NOSIGNAL);
-        if (n > 0) {
-            c->woff += (size_t)n;
-            continue;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-            break;
-        pp_error(w, c, n < 0 ? errno : 0, "send");
+    int err = send_some(c, c->sbuf);
+    if (err) {
+        pp_error(w, c, err, "send");
         return;
     }
     uint32_t want = EPOLLIN | (c->woff < g_size ? EPOLLOUT : 0);
@@ -408,17 +420,10 @@ static void cr_event(struct worker *w, struct conn *c, uint32_t ev)
     if (c->state == ST_CONNECTING) {
         if (!(ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
             return;
-        while (c->woff < g_size) {
-            ssize_t n = send(c->fd, g_payload + c->woff, g_size - c->woff, MSG_NOSIGNAL);
-            if (n > 0) {
-                c->woff += (size_t)n;
-                continue;
-            }
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
-                break;  /* wait for the next EPOLLOUT edge */
-            cr_error(w, c, n < 0 ? errno : EPIPE, "send");
+        /* A full socket: the rest waits for the next EPOLLOUT edge. */
+        int err = send_some(c, g_payload);
+        if (err) {
+            cr_error(w, c, err, "send");
             return;
         }
         if (c->woff == g_size) {
