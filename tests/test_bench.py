@@ -11,12 +11,13 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import TestCase
 
-from myserver.bench import native
-from myserver.bench.load import WrongBytes, generate
+from myserver.bench import conntrack, native
+from myserver.bench.load import LoadFailed, WrongBytes, generate
 from tests.support import processTest, requireTool
 
 
@@ -252,3 +253,41 @@ class NativeLoadTests(TestCase):
         for scenario in ("pingpong", "connect-rate"):
             with self.assertRaises(WrongBytes, msg=scenario):
                 native.generate(self.executable, scenario, port, 1, 64, 2.0, 1)
+
+
+class ConntrackTests(TestCase):
+    """
+    The check of the kernel's connection tracking table around connect-rate
+    runs, on a directory laid out as C{/proc/sys/net/netfilter}.
+    """
+
+    def table(self, count: int, limit: int) -> Path:
+        proc = Path(self.mktemp())
+        proc.mkdir()
+        (proc / "nf_conntrack_count").write_text(f"{count}\n")
+        (proc / "nf_conntrack_max").write_text(f"{limit}\n")
+        return proc
+
+    def test_untracked(self) -> None:
+        """
+        Without connection tracking there is nothing to check.
+        """
+        missing = Path(self.mktemp())
+        self.assertIsNone(conntrack.usage(missing))
+        conntrack.checkRoom(missing)
+
+    def test_room(self) -> None:
+        proc = self.table(1000, 262144)
+        self.assertEqual(conntrack.usage(proc), (1000, 262144))
+        conntrack.checkRoom(proc)
+
+    def test_full(self) -> None:
+        """
+        A (nearly) full table fails the run, with the counts and a way to
+        make room.
+        """
+        with self.assertRaises(LoadFailed) as raised:
+            conntrack.checkRoom(self.table(250000, 262144))
+        message = str(raised.exception)
+        self.assertIn("250000 of 262144", message)
+        self.assertIn("nf_conntrack_tcp_timeout_time_wait", message)

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from importlib.util import find_spec
 from typing import Any
 
-from myserver.bench import native
+from myserver.bench import conntrack, native
 from myserver.bench.load import LoadFailed, Result, WrongBytes, generate
 from myserver.bench.progress import progress
 
@@ -190,16 +190,29 @@ def load(
     """
     Run C{scenario} on the load generator chosen (C{options.loadgen}: the
     C one's executable, or L{None} for the Python one), on the load's CPUs.
+
+    @raise LoadFailed: nothing completed, or a connect-rate run found the
+        kernel's connection tracking table full, before or after (its rate
+        would be the firewall's: L{conntrack}).
     """
     _, loadCpus = _cpus()
+    tracked = scenario == "connect-rate"
+    if tracked:
+        conntrack.checkRoom()
     if options.loadgen is None:
-        return generate(
+        result = generate(
             scenario, port, count, size, seconds, options.processes, loadCpus
         )
-    threads = len(loadCpus) if loadCpus else 1
-    return native.generate(
-        options.loadgen, scenario, port, count, size, seconds, threads, loadCpus
-    )
+    else:
+        threads = len(loadCpus) if loadCpus else 1
+        result = native.generate(
+            options.loadgen, scenario, port, count, size, seconds, threads, loadCpus
+        )
+    if tracked:
+        conntrack.checkRoom()
+    if not result.operations:
+        raise LoadFailed(f"{scenario}: no operation completed in {seconds:g} s")
+    return result
 
 
 def chooseLoadGenerator(choice: str) -> str | None:
