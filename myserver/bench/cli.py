@@ -250,7 +250,7 @@ def runLoad(kind: str, scenario: str, options: argparse.Namespace) -> dict[str, 
         "operations": result.operations,
         # What the server spent per operation, whatever limited the rate:
         # with a load generator near its own limit, the better measure.
-        "server_cpu_us": used / result.operations * 1e6 if result.operations else 0,
+        "server_cpu_us": used / result.operations * 1e6,
         "server_busy": used / result.seconds if result.seconds else 0,
         "p50_ms": percentile(result.latencies, 0.50) * 1000,
         "p99_ms": percentile(result.latencies, 0.99) * 1000,
@@ -389,11 +389,14 @@ def _straced(pid: int, load: Any) -> tuple[dict[str, int], Any]:
             ["strace", "-c", "-f", "-o", out, "-p", str(pid)],
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(1.0)
-        result = load()
-        time.sleep(0.3)
-        tracer.send_signal(signal.SIGINT)
-        tracer.wait(60)
+        try:
+            time.sleep(1.0)
+            result = load()
+            time.sleep(0.3)
+        finally:
+            # Also when the load fails: strace must not outlive the run.
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(60)
         calls: dict[str, int] = {}
         with open(out) as f:
             for line in f:
@@ -423,7 +426,7 @@ def runSyscalls(kind: str, options: argparse.Namespace) -> dict[str, Any]:
                 options, "connect-rate", port, 32, 1024, 1.0 if options.quick else 3.0
             ),
         )
-        done = max(1, result.operations)
+        done = result.operations
         one = 100 if options.quick else 1000
         alone, _ = _straced(process.pid, lambda: _connectCount(port, one))
     return {
